@@ -1,0 +1,149 @@
+//! Parsing at the edge: protobuf messages become domain types that cannot hold
+//! an invalid shape (after zero-to-production's `TryFrom` pattern), and domain
+//! state becomes protobuf for responses.
+
+use super::pb;
+use crate::{
+    error::ApiError,
+    features::{Column, ColumnValues, FeatureBatch, FeatureSpec, MissingPolicy},
+    repository::{ModelEntry, Task, VersionStatus},
+};
+
+impl TryFrom<pb::FeatureColumn> for (String, Column) {
+    type Error = ApiError;
+
+    fn try_from(col: pb::FeatureColumn) -> Result<Self, ApiError> {
+        use pb::feature_column::Values;
+        if col.name.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "a feature column has an empty name".into(),
+            ));
+        }
+        let values = match col.values {
+            Some(Values::F32(v)) => ColumnValues::F32(v.values),
+            Some(Values::F64(v)) => ColumnValues::F64(v.values),
+            Some(Values::I64(v)) => ColumnValues::I64(v.values),
+            Some(Values::Bool(v)) => ColumnValues::Bool(v.values),
+            Some(Values::Category(v)) => ColumnValues::Category(v.values),
+            None => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "column `{}` has no values: set one of f32, f64, i64, bool, category",
+                    col.name
+                )))
+            }
+        };
+        let column = Column::new(values)
+            .with_missing_rows(&col.missing_rows)
+            .map_err(|e| ApiError::InvalidArgument(format!("column `{}`: {e}", col.name)))?;
+        Ok((col.name, column))
+    }
+}
+
+impl TryFrom<pb::FeatureMatrix> for FeatureBatch {
+    type Error = ApiError;
+
+    fn try_from(matrix: pb::FeatureMatrix) -> Result<Self, ApiError> {
+        let columns = matrix
+            .columns
+            .into_iter()
+            .map(<(String, Column)>::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FeatureBatch::new(matrix.rows as usize, columns)?)
+    }
+}
+
+impl From<(String, Column)> for pb::FeatureColumn {
+    fn from((name, column): (String, Column)) -> Self {
+        use pb::feature_column::Values;
+        let missing_rows = column.missing_rows();
+        let values = match column.values {
+            ColumnValues::F32(values) => Values::F32(pb::FloatValues { values }),
+            ColumnValues::F64(values) => Values::F64(pb::DoubleValues { values }),
+            ColumnValues::I64(values) => Values::I64(pb::Int64Values { values }),
+            ColumnValues::Bool(values) => Values::Bool(pb::BoolValues { values }),
+            ColumnValues::Category(values) => Values::Category(pb::StringValues { values }),
+        };
+        Self {
+            name,
+            values: Some(values),
+            missing_rows,
+        }
+    }
+}
+
+impl From<FeatureBatch> for pb::FeatureMatrix {
+    fn from(batch: FeatureBatch) -> Self {
+        Self {
+            rows: batch.rows() as u32,
+            columns: batch.into_columns().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<Task> for pb::Task {
+    fn from(task: Task) -> Self {
+        match task {
+            Task::BinaryClassification => pb::Task::BinaryClassification,
+            Task::Regression => pb::Task::Regression,
+            Task::Clustering => pb::Task::Clustering,
+        }
+    }
+}
+
+impl From<&FeatureSpec> for pb::FeatureSpec {
+    fn from(spec: &FeatureSpec) -> Self {
+        let (missing, impute_value) = match &spec.missing {
+            MissingPolicy::Reject => ("reject".to_string(), String::new()),
+            MissingPolicy::Impute(v) => ("impute".to_string(), v.to_string()),
+        };
+        Self {
+            name: spec.name.clone(),
+            dtype: spec.dtype.as_str().into(),
+            min: spec.min,
+            max: spec.max,
+            categories: spec.categories.clone(),
+            missing,
+            impute_value,
+            description: spec.description.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// One model's versions as ListModels/GetModel report them.
+pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
+    let versions = entry
+        .versions
+        .iter()
+        .map(|(&version, status)| {
+            let (state, reason, manifest) = match status {
+                VersionStatus::Serving(m) => {
+                    (pb::VersionState::Serving, String::new(), Some(&m.manifest))
+                }
+                VersionStatus::Failed { reason, manifest } => (
+                    pb::VersionState::Failed,
+                    reason.clone(),
+                    manifest.as_deref(),
+                ),
+            };
+            let mut info = pb::ModelVersionInfo {
+                version,
+                state: state.into(),
+                reason,
+                ..Default::default()
+            };
+            if let Some(m) = manifest {
+                info.format = m.format.as_str().into();
+                info.task = pb::Task::from(m.task).into();
+                info.sha256 = m.sha256.clone();
+                info.features = m.features.iter().map(Into::into).collect();
+                info.card_json = serde_json::to_string(&m.card).unwrap_or_default();
+            }
+            info
+        })
+        .collect();
+    pb::ModelInfo {
+        name: name.into(),
+        default_version: entry.default_version().map_or(0, |m| m.version()),
+        versions,
+    }
+}

@@ -1,0 +1,221 @@
+//! segscore.v1 `Scoring`: Score, ScoreStream, ListModels, GetModel.
+//!
+//! A request is parsed and validated for every requested model before any work
+//! is queued, so a bad request changes nothing and costs no model time.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info_span, Instrument};
+
+use super::{convert::model_info, pb};
+use crate::{
+    error::ApiError,
+    features::{BatchError, FeatureBatch},
+    repository::Repository,
+};
+
+/// Per-request limits that protect the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request, in rows; larger ones get RESOURCE_EXHAUSTED.
+    pub max_rows_per_request: usize,
+    /// ScoreStream chunks scored concurrently per stream; also bounds the
+    /// memory one stream can hold.
+    pub stream_in_flight: usize,
+}
+
+#[derive(Clone)]
+pub struct ScoringService {
+    repository: Arc<Repository>,
+    limits: Limits,
+}
+
+impl ScoringService {
+    pub fn new(repository: Arc<Repository>, limits: Limits) -> Self {
+        Self { repository, limits }
+    }
+
+    /// Scores one request end to end.
+    pub async fn score_request(
+        &self,
+        req: pb::ScoreRequest,
+    ) -> Result<pb::ScoreResponse, ApiError> {
+        if req.models.is_empty() && req.segments.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "the request names no models (set `models`)".into(),
+            ));
+        }
+        if let Some(segment) = req.segments.first() {
+            return Err(ApiError::UnknownSegment(segment.clone()));
+        }
+        let matrix = req
+            .features
+            .ok_or_else(|| ApiError::InvalidArgument("the request has no `features`".into()))?;
+        let declared = matrix.columns.first().map_or(matrix.rows as usize, |c| {
+            column_len(c).max(matrix.rows as usize)
+        });
+        let limit = self.limits.max_rows_per_request;
+        if declared > limit {
+            return Err(BatchError::TooManyRows {
+                rows: declared,
+                limit,
+            }
+            .into());
+        }
+        let batch = FeatureBatch::try_from(matrix)?;
+        let rows = batch.rows();
+        if !req.entity_ids.is_empty() && req.entity_ids.len() != rows {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} entity_ids for {rows} rows: send one id per row or none",
+                req.entity_ids.len()
+            )));
+        }
+        let mut planned = Vec::with_capacity(req.models.len());
+        for model_ref in &req.models {
+            if model_ref.version != 0 && !model_ref.label.is_empty() {
+                return Err(ApiError::InvalidArgument(format!(
+                    "model `{}`: set a version or a label, not both",
+                    model_ref.name
+                )));
+            }
+            let model =
+                self.repository
+                    .resolve(&model_ref.name, model_ref.version, &model_ref.label)?;
+            let chunks = model.encode(&batch).map_err(|source| ApiError::Feature {
+                model: model.name().into(),
+                version: model.version(),
+                source,
+            })?;
+            planned.push((model, chunks));
+        }
+        let runs = planned.into_iter().map(|(model, chunks)| async move {
+            let scores = model.run(chunks).await.map_err(|source| ApiError::Score {
+                model: model.name().into(),
+                version: model.version(),
+                source,
+            })?;
+            Ok::<_, ApiError>(pb::ModelScores {
+                name: model.name().into(),
+                version: model.version(),
+                sha256: model.manifest.sha256.clone(),
+                task: pb::Task::from(model.manifest.task).into(),
+                scores,
+                cluster_ids: Vec::new(),
+            })
+        });
+        let models = futures::future::try_join_all(runs).await?;
+        Ok(pb::ScoreResponse {
+            sequence: req.sequence,
+            entity_ids: req.entity_ids,
+            rows: rows as u32,
+            models,
+            segments: Vec::new(),
+            error: None,
+        })
+    }
+}
+
+fn column_len(col: &pb::FeatureColumn) -> usize {
+    use pb::feature_column::Values;
+    match &col.values {
+        Some(Values::F32(v)) => v.values.len(),
+        Some(Values::F64(v)) => v.values.len(),
+        Some(Values::I64(v)) => v.values.len(),
+        Some(Values::Bool(v)) => v.values.len(),
+        Some(Values::Category(v)) => v.values.len(),
+        None => 0,
+    }
+}
+
+type ScoreStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::ScoreResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::scoring_server::Scoring for ScoringService {
+    async fn score(
+        &self,
+        request: Request<pb::ScoreRequest>,
+    ) -> Result<Response<pb::ScoreResponse>, Status> {
+        let req = request.into_inner();
+        let span = info_span!(
+            "score",
+            models = req.models.len(),
+            rows = tracing::field::Empty
+        );
+        let result = self.score_request(req).instrument(span.clone()).await;
+        match &result {
+            Ok(resp) => {
+                span.record("rows", resp.rows);
+            }
+            Err(e) => tracing::debug!(parent: &span, error = %e, "score request refused"),
+        }
+        Ok(Response::new(result?))
+    }
+
+    type ScoreStreamStream = ScoreStreamResponse;
+
+    async fn score_stream(
+        &self,
+        request: Request<Streaming<pb::ScoreRequest>>,
+    ) -> Result<Response<Self::ScoreStreamStream>, Status> {
+        let service = self.clone();
+        let in_flight = self.limits.stream_in_flight.max(1);
+        // `buffered` keeps at most `in_flight` chunks being scored and yields
+        // answers in request order; HTTP/2 flow control stops the client when the
+        // responses are not read, so memory stays bounded whatever the input size.
+        let out = request
+            .into_inner()
+            .map(move |chunk| {
+                let service = service.clone();
+                async move {
+                    let req = chunk?;
+                    let sequence = req.sequence;
+                    Ok(match service.score_request(req).await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            let status = Status::from(e);
+                            pb::ScoreResponse {
+                                sequence,
+                                error: Some(pb::ChunkError {
+                                    code: status.code() as i32,
+                                    message: status.message().into(),
+                                }),
+                                ..Default::default()
+                            }
+                        }
+                    })
+                }
+            })
+            .buffered(in_flight);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self
+            .repository
+            .models()
+            .iter()
+            .map(|(name, entry)| model_info(name, entry))
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::GetModelResponse>, Status> {
+        let name = request.into_inner().name;
+        let entry = self
+            .repository
+            .models()
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("model `{name}` not found")))?;
+        Ok(Response::new(pb::GetModelResponse {
+            model: Some(model_info(&name, entry)),
+        }))
+    }
+}

@@ -1,0 +1,125 @@
+//! Building and running the server. After mini-redis, the caller binds the
+//! listener and passes a shutdown future, so tests run real servers on
+//! `127.0.0.1:0` and stop them with a oneshot.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::{
+    api::{
+        pb::scoring_server::ScoringServer,
+        scoring::{Limits, ScoringService},
+    },
+    config::ServeArgs,
+    engine::onnx,
+    repository::Repository,
+};
+
+/// A loaded repository and a bound listener, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    repository: Arc<Repository>,
+    config: ServeArgs,
+}
+
+impl Application {
+    /// Loads ONNX Runtime and the repository, then binds `config.addr`.
+    pub async fn build(config: ServeArgs) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let engine = config.engine.engine_config();
+        // Fail at start-up, with the fix in the message, rather than marking
+        // every ONNX model failed one by one.
+        let ort_path = engine.ort_dylib_path.clone();
+        tokio::task::spawn_blocking(move || onnx::init_runtime(ort_path.as_deref()).map(|_| ()))
+            .await
+            .context("ONNX Runtime init task")??;
+        let root = config.models.clone();
+        let repository = tokio::task::spawn_blocking(move || Repository::load(&root, &engine))
+            .await
+            .context("repository load task")?
+            .with_context(|| format!("reading the model repository {}", config.models.display()))?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        Ok(Self {
+            listener,
+            repository: Arc::new(repository),
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address; this is a bug")
+    }
+
+    pub fn repository(&self) -> &Arc<Repository> {
+        &self.repository
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting connections and
+    /// lets in-flight requests finish (up to the configured timeout).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let limits = Limits {
+            max_rows_per_request: self.config.max_rows_per_request,
+            stream_in_flight: self.config.stream_in_flight,
+        };
+        let scoring = ScoringServer::new(ScoringService::new(self.repository.clone(), limits))
+            .max_decoding_message_size(self.config.max_message_bytes)
+            .max_encoding_message_size(self.config.max_message_bytes);
+        info!(%addr, models = ?self.repository.serving_names(), "serving");
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            info!("shutdown requested: draining in-flight requests");
+            let _ = stopping_tx.send(());
+        };
+        let server = tonic::transport::Server::builder()
+            .add_service(scoring)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        let timeout = self.config.shutdown_timeout();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result.context("gRPC server")?,
+            _ = async {
+                let _ = stopping_rx.await;
+                tokio::time::sleep(timeout).await;
+            } => {
+                tracing::warn!(?timeout, "in-flight requests did not finish in time; exiting");
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

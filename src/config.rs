@@ -1,0 +1,244 @@
+//! Command-line and configuration: one clap struct per subcommand, every option
+//! also read from `SEGSCORE_<OPTION>` and, for `serve`, from an optional TOML file
+//! (precedence: flag > env > file > default).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{
+    parser::ValueSource, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
+
+use crate::{engine::WorkerPoolConfig, repository::EngineConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "segscore",
+    version,
+    about = "Scores customer churn, lifetime value and purchase propensity models over gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, env = "SEGSCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the model repository over gRPC.
+    Serve(ServeArgs),
+    /// Score a CSV file of customers, in-process or against running servers.
+    Score(ScoreArgs),
+    /// Model repository tools.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Train a smartcore model from a feature CSV and write a model version.
+    Train(crate::train::TrainArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Check a model version directory (or a whole repository) exactly as the
+    /// server does before serving it; exit 1 with the reasons if any fails.
+    Validate {
+        /// A version directory (models/churn/2) or a repository root (models).
+        dir: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+/// How models are run; shared by every subcommand that scores.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Path to libonnxruntime.so (from the PyPI onnxruntime wheel). Default:
+    /// searched in the project's .venv.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Worker threads per model version, each owning its own session.
+    /// Default: the number of cores.
+    #[arg(long, env = "SEGSCORE_WORKERS")]
+    pub workers: Option<usize>,
+    /// ONNX Runtime intra-op threads per session (1 keeps workers from
+    /// oversubscribing the cores).
+    #[arg(long, env = "SEGSCORE_INTRA_THREADS", default_value_t = 1)]
+    pub intra_threads: usize,
+    /// Largest number of rows a worker scores at once; bigger requests are
+    /// split and reassembled in order.
+    #[arg(long, env = "SEGSCORE_MAX_BATCH_ROWS", default_value_t = 4096)]
+    pub max_batch_rows: usize,
+    /// Jobs that may wait per model version before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SEGSCORE_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+}
+
+impl EngineArgs {
+    pub fn engine_config(&self) -> EngineConfig {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        EngineConfig {
+            pool: WorkerPoolConfig {
+                workers: self.workers.unwrap_or(cores).max(1),
+                queue_capacity: self.queue_capacity.max(1),
+            },
+            intra_threads: self.intra_threads.max(1),
+            max_batch_rows: self.max_batch_rows.max(1),
+            ort_dylib_path: self.ort_dylib_path.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model repository root: <models>/<name>/<version>/model.toml.
+    #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
+    pub models: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, env = "SEGSCORE_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// TOML file with any of these options (snake_case or kebab-case keys);
+    /// flags and env vars override it.
+    #[arg(long, env = "SEGSCORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Largest request, in rows; larger requests get RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "SEGSCORE_MAX_ROWS_PER_REQUEST",
+        default_value_t = 1_000_000
+    )]
+    pub max_rows_per_request: usize,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "SEGSCORE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// ScoreStream chunks scored concurrently per stream.
+    #[arg(long, env = "SEGSCORE_STREAM_IN_FLIGHT", default_value_t = 4)]
+    pub stream_in_flight: usize,
+    /// Seconds to wait for in-flight requests at shutdown before exiting.
+    #[arg(long, env = "SEGSCORE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+impl ServeArgs {
+    /// Arguments for tests and embedding: defaults, the given repository,
+    /// an ephemeral port.
+    pub fn for_models(models: impl Into<PathBuf>) -> Self {
+        let mut args = ServeArgs::parse_from_defaults();
+        args.models = models.into();
+        args.addr = "127.0.0.1:0"
+            .parse()
+            .expect("literal address; this is a bug");
+        args
+    }
+
+    fn parse_from_defaults() -> Self {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Wrapper::parse_from(["segscore"]).serve
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Rejects values no server can run with.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.models.is_dir() {
+            return Err(format!(
+                "--models {}: not a directory (point it at the model repository)",
+                self.models.display()
+            ));
+        }
+        if self.max_rows_per_request == 0 || self.engine.max_batch_rows == 0 {
+            return Err("--max-rows-per-request and --max-batch-rows must be at least 1".into());
+        }
+        if self.engine.workers == Some(0) {
+            return Err("--workers must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScoreArgs {
+    /// Input CSV: an id column plus feature columns (header row required).
+    #[arg(long, env = "SEGSCORE_INPUT")]
+    pub input: PathBuf,
+    /// Output CSV: the id column plus one score column per model.
+    #[arg(long, env = "SEGSCORE_OUTPUT")]
+    pub output: PathBuf,
+    /// Models to apply (comma-separated, `name` or `name:version`). Default:
+    /// every model with a serving version.
+    #[arg(long, env = "SEGSCORE_SCORE_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// The id column, copied to the output and never logged.
+    #[arg(long, env = "SEGSCORE_ID_COLUMN", default_value = "customer_id")]
+    pub id_column: String,
+    /// Rows per request (remote) or per scoring call (embedded).
+    #[arg(long, env = "SEGSCORE_BATCH_ROWS", default_value_t = 4096)]
+    pub batch_rows: usize,
+    /// Server to score against (http://host:port); none = score in-process.
+    #[arg(long, env = "SEGSCORE_SCORE_ADDR")]
+    pub addr: Option<String>,
+    /// Model repository for in-process scoring.
+    #[arg(long = "models-dir", env = "SEGSCORE_MODELS", default_value = "models")]
+    pub models_dir: PathBuf,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Parses the command line, then fills `serve` options left at their defaults
+/// from `--config FILE` by re-parsing with them appended, so the file goes
+/// through the same clap validation as flags do.
+pub fn parse() -> Result<Cli, String> {
+    let args: Vec<String> = std::env::args().collect();
+    let matches = Cli::command().get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let Command::Serve(serve) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(file) = &serve.config else {
+        return Ok(cli);
+    };
+    let sub = matches
+        .subcommand_matches("serve")
+        .expect("serve was parsed; this is a bug");
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("--config {}: {e}", file.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("--config {}: {e}", file.display()))?;
+    let mut extended = args.clone();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let known = sub.ids().any(|i| i.as_str() == id);
+        if !known || id == "config" {
+            return Err(format!(
+                "--config {}: unknown option `{key}`",
+                file.display()
+            ));
+        }
+        if matches!(
+            sub.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        extended.push(format!("--{}={text}", id.replace('_', "-")));
+    }
+    Cli::try_parse_from(extended).map_err(|e| e.to_string())
+}

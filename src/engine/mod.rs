@@ -1,0 +1,43 @@
+//! The scoring engine: backends that turn an encoded `[rows, features]` matrix
+//! into scores, and the worker threads that own them.
+//!
+//! After TEI, the [`Backend`] trait is small and synchronous; each worker thread
+//! owns one backend (an `ort::Session::run` needs `&mut self`), and async callers
+//! reach workers through a bounded queue (see [`worker`]).
+
+pub mod onnx;
+pub mod smartcore;
+pub mod worker;
+
+use ndarray::ArrayView2;
+
+pub use worker::{WorkerPool, WorkerPoolConfig};
+
+/// A loaded model that scores encoded feature rows.
+pub trait Backend: Send {
+    /// Scores every row of `input` (`[rows, features]`, the model's column order)
+    /// and returns one score per row.
+    fn score(&mut self, input: ArrayView2<'_, f32>) -> Result<Vec<f32>, BackendError>;
+}
+
+/// Why a backend could not be built or could not score.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(
+        "ONNX Runtime is not available: {0}. Fix: run `make venv` (installs the pinned onnxruntime \
+         wheel into .venv), or set ORT_DYLIB_PATH / --ort-dylib-path to its \
+         onnxruntime/capi/libonnxruntime.so.* (ONNX Runtime >= 1.{min_minor})",
+        min_minor = ort::MINOR_VERSION
+    )]
+    RuntimeUnavailable(String),
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
+    #[error("model inputs/outputs do not match the manifest: {0}")]
+    Signature(String),
+    #[error("model file is not a valid smartcore model: {0}")]
+    SmartcoreFormat(String),
+    #[error("scoring failed: {0}")]
+    Inference(String),
+    #[error("the model's workers have stopped")]
+    WorkersGone,
+}

@@ -1,0 +1,61 @@
+//! The API layer's error and its one mapping to `tonic::Status`.
+//!
+//! Layer errors (features, repository, engine) live beside their code; this enum
+//! adds which model/version they concern, and [`From<ApiError> for Status`] is the
+//! single place where a failure gets its gRPC code, so the code a client sees for
+//! a kind of failure cannot drift between RPCs.
+
+use tonic::{Code, Status};
+
+use crate::{
+    engine::{worker::SubmitError, BackendError},
+    features::{BatchError, FeatureError},
+    repository::{load::ScoreError, ResolveError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Batch(#[from] BatchError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("model `{model}` version {version}: {source}")]
+    Feature {
+        model: String,
+        version: u64,
+        source: FeatureError,
+    },
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
+    #[error("segment `{0}` not found: no segments are configured on this server")]
+    UnknownSegment(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("model `{model}` version {version}: {source}")]
+    Score {
+        model: String,
+        version: u64,
+        source: ScoreError,
+    },
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let code = match &err {
+            ApiError::Batch(BatchError::TooManyRows { .. }) | ApiError::TooLarge(_) => {
+                Code::ResourceExhausted
+            }
+            ApiError::Batch(_) | ApiError::InvalidArgument(_) | ApiError::Feature { .. } => {
+                Code::InvalidArgument
+            }
+            ApiError::Resolve(_) | ApiError::UnknownSegment(_) => Code::NotFound,
+            ApiError::Score { source, .. } => match source {
+                ScoreError::Submit(SubmitError::QueueFull { .. }) => Code::ResourceExhausted,
+                ScoreError::Submit(SubmitError::Stopped)
+                | ScoreError::Backend(BackendError::WorkersGone) => Code::Unavailable,
+                ScoreError::Backend(_) => Code::Internal,
+            },
+        };
+        Status::new(code, err.to_string())
+    }
+}

@@ -1,0 +1,19 @@
+//! segscore: a gRPC service that scores customer models (churn, lifetime value,
+//! purchase propensity) for segmentation.
+//!
+//! The modules follow a request: [`api`] parses protobuf at the edge into
+//! [`features`] batches; the [`repository`] resolves the model version; the
+//! [`engine`] scores on worker threads that own ONNX Runtime or smartcore
+//! backends. [`app`] wires the server, [`config`] parses options, [`bulk`] is the
+//! `segscore score` file job and [`train`] the smartcore trainer.
+
+pub mod api;
+pub mod app;
+pub mod bulk;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod features;
+pub mod repository;
+pub mod telemetry;
+pub mod train;

@@ -1,0 +1,354 @@
+//! Loading one model version: every check the server makes before a version may
+//! serve (manifest, sha256, schema against the model's real inputs, golden set,
+//! finite in-range outputs). `segscore models validate` runs exactly this.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use ndarray::Array2;
+use sha2::{Digest, Sha256};
+
+use super::manifest::{Format, Manifest, Task, MANIFEST_FILE};
+use crate::{
+    engine::{
+        onnx::{self, OnnxBackend, OnnxSignature},
+        smartcore::SmartcoreBackend,
+        worker::SubmitError,
+        Backend, BackendError, WorkerPool, WorkerPoolConfig,
+    },
+    features::{ColumnBuilder, FeatureBatch, FeatureError, FeatureSchema, SchemaError},
+};
+
+/// How model versions are run; shared by `serve`, `score` and `models validate`.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub pool: WorkerPoolConfig,
+    /// ORT intra-op threads per session.
+    pub intra_threads: usize,
+    /// Largest matrix handed to a backend at once; bigger requests are split.
+    pub max_batch_rows: usize,
+    pub ort_dylib_path: Option<PathBuf>,
+}
+
+/// Why a version was refused. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("manifest says {field} = `{found}` but the directory says `{expected}`")]
+    Mismatch {
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("feature schema: {0}")]
+    Schema(#[from] SchemaError),
+    #[error("reading model file {path}: {source}")]
+    ModelFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sha256 mismatch for {file}: manifest {expected}, file {actual}")]
+    Sha256 {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+    #[error("golden set: {0}")]
+    Golden(String),
+    #[error("clustering models are not supported yet")]
+    Unsupported,
+    #[error("starting workers: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// What the golden check measured, for `models validate` and the logs.
+#[derive(Debug, Clone, Copy)]
+pub struct GoldenReport {
+    pub rows: usize,
+    pub max_abs_diff: f64,
+}
+
+/// A version that passed validation, with its workers running.
+pub struct LoadedModel {
+    pub manifest: Manifest,
+    pub schema: FeatureSchema,
+    pub dir: PathBuf,
+    pub golden: GoldenReport,
+    max_batch_rows: usize,
+    pool: WorkerPool,
+}
+
+/// Why scoring failed after the input was accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl LoadedModel {
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn version(&self) -> u64 {
+        self.manifest.version
+    }
+
+    /// Encodes `batch` for this model in chunks of at most `max_batch_rows`
+    /// rows; all validation happens here, before any work is queued.
+    pub fn encode(&self, batch: &FeatureBatch) -> Result<Vec<Array2<f32>>, FeatureError> {
+        let rows = batch.rows();
+        (0..rows)
+            .step_by(self.max_batch_rows)
+            .map(|start| {
+                self.schema
+                    .encode(batch, start..(start + self.max_batch_rows).min(rows))
+            })
+            .collect()
+    }
+
+    /// Scores encoded chunks on the workers and returns the scores in row order.
+    pub async fn run(&self, chunks: Vec<Array2<f32>>) -> Result<Vec<f32>, ScoreError> {
+        let total: usize = chunks.iter().map(|c| c.nrows()).sum();
+        let receivers = chunks
+            .into_iter()
+            .map(|chunk| self.pool.submit(chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut scores = Vec::with_capacity(total);
+        for rx in receivers {
+            let part = rx.await.map_err(|_| BackendError::WorkersGone)??;
+            scores.extend(part);
+        }
+        Ok(scores)
+    }
+
+    /// Encode + run, for callers that validated nothing beforehand.
+    pub async fn score(&self, batch: &FeatureBatch) -> Result<Vec<f32>, LoadModelScoreError> {
+        let chunks = self.encode(batch)?;
+        Ok(self.run(chunks).await?)
+    }
+
+    /// Jobs waiting for this version's workers.
+    pub fn queued(&self) -> usize {
+        self.pool.queued()
+    }
+}
+
+/// [`LoadedModel::score`]'s error: bad input or a failed run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadModelScoreError {
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+}
+
+/// The checked parts of a version before its workers start.
+pub struct Validated {
+    pub manifest: Manifest,
+    pub schema: FeatureSchema,
+    pub backends: Vec<Box<dyn Backend>>,
+    pub golden: GoldenReport,
+}
+
+/// Runs every check on the version in `dir` and builds `backends` backends.
+pub fn validate(
+    dir: &Path,
+    config: &EngineConfig,
+    backends: usize,
+) -> Result<Validated, LoadError> {
+    let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).map_err(LoadError::Manifest)?;
+    check_identity(dir, &manifest)?;
+    let schema = FeatureSchema::new(manifest.features.clone())?;
+    if manifest.task == Task::Clustering {
+        return Err(LoadError::Unsupported);
+    }
+    let model_path = dir.join(&manifest.file);
+    let bytes = std::fs::read(&model_path).map_err(|source| LoadError::ModelFile {
+        path: model_path.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !actual.eq_ignore_ascii_case(manifest.sha256.trim()) {
+        return Err(LoadError::Sha256 {
+            file: manifest.file.clone(),
+            expected: manifest.sha256.clone(),
+            actual,
+        });
+    }
+    let mut built: Vec<Box<dyn Backend>> = Vec::with_capacity(backends.max(1));
+    for _ in 0..backends.max(1) {
+        built.push(build_backend(&manifest, &schema, &bytes, config)?);
+    }
+    let golden = check_golden(dir, &manifest, &schema, built[0].as_mut())?;
+    Ok(Validated {
+        manifest,
+        schema,
+        backends: built,
+        golden,
+    })
+}
+
+/// Validates the version in `dir` and starts its workers.
+pub fn load(dir: &Path, config: &EngineConfig) -> Result<Arc<LoadedModel>, LoadError> {
+    let v = validate(dir, config, config.pool.workers)?;
+    let label = format!("{}-v{}", v.manifest.name, v.manifest.version);
+    let pool = WorkerPool::spawn(&label, v.backends, config.pool.queue_capacity)
+        .map_err(LoadError::Spawn)?;
+    Ok(Arc::new(LoadedModel {
+        manifest: v.manifest,
+        schema: v.schema,
+        dir: dir.to_path_buf(),
+        golden: v.golden,
+        max_batch_rows: config.max_batch_rows.max(1),
+        pool,
+    }))
+}
+
+fn check_identity(dir: &Path, manifest: &Manifest) -> Result<(), LoadError> {
+    let version_dir = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let model_dir = dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if manifest.name != model_dir {
+        return Err(LoadError::Mismatch {
+            field: "name",
+            found: manifest.name.clone(),
+            expected: model_dir.into(),
+        });
+    }
+    if manifest.version.to_string() != version_dir {
+        return Err(LoadError::Mismatch {
+            field: "version",
+            found: manifest.version.to_string(),
+            expected: version_dir.into(),
+        });
+    }
+    Ok(())
+}
+
+fn build_backend(
+    manifest: &Manifest,
+    schema: &FeatureSchema,
+    bytes: &[u8],
+    config: &EngineConfig,
+) -> Result<Box<dyn Backend>, LoadError> {
+    Ok(match manifest.format {
+        Format::Onnx => {
+            let env = onnx::init_runtime(config.ort_dylib_path.as_deref())?;
+            let signature = OnnxSignature {
+                features: schema.len(),
+                output: manifest.score.output.clone(),
+                column: manifest.score.column,
+            };
+            Box::new(OnnxBackend::load(
+                env,
+                bytes,
+                &signature,
+                config.intra_threads.max(1),
+            )?)
+        }
+        Format::Smartcore => Box::new(SmartcoreBackend::load(bytes, schema.len())?),
+    })
+}
+
+/// Reads a CSV of feature rows into a batch typed by `schema`; returns the batch
+/// and the raw text of the `extra` column if asked for.
+pub fn read_csv_batch(
+    path: &Path,
+    schema: &FeatureSchema,
+    extra: &str,
+) -> Result<(FeatureBatch, Vec<String>), String> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let headers = reader.headers().map_err(|e| e.to_string())?.clone();
+    let mut builders: Vec<(usize, String, ColumnBuilder)> = schema
+        .specs()
+        .filter_map(|s| {
+            let idx = headers.iter().position(|h| h == s.name)?;
+            Some((idx, s.name.clone(), ColumnBuilder::new(s.dtype)))
+        })
+        .collect();
+    let extra_idx = headers.iter().position(|h| h == extra);
+    let mut extra_values = Vec::new();
+    let mut rows = 0;
+    for (line, record) in reader.records().enumerate() {
+        rows += 1;
+        let record = record.map_err(|e| e.to_string())?;
+        for (idx, name, builder) in &mut builders {
+            builder
+                .push(record.get(*idx).unwrap_or(""))
+                .map_err(|want| format!("row {line}, column `{name}`: expected {want}"))?;
+        }
+        if let Some(i) = extra_idx {
+            extra_values.push(record.get(i).unwrap_or("").to_owned());
+        }
+    }
+    if extra_idx.is_none() && !extra.is_empty() {
+        return Err(format!("no `{extra}` column"));
+    }
+    let columns = builders
+        .into_iter()
+        .map(|(_, n, b)| (n, b.finish()))
+        .collect();
+    let batch = FeatureBatch::new(rows, columns).map_err(|e| e.to_string())?;
+    Ok((batch, extra_values))
+}
+
+fn check_golden(
+    dir: &Path,
+    manifest: &Manifest,
+    schema: &FeatureSchema,
+    backend: &mut dyn Backend,
+) -> Result<GoldenReport, LoadError> {
+    let golden = |m: String| LoadError::Golden(m);
+    let path = dir.join(&manifest.golden.file);
+    let (batch, expected) = read_csv_batch(&path, schema, "expected").map_err(golden)?;
+    let expected: Vec<f64> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.parse()
+                .map_err(|_| golden(format!("row {i}: `expected` is not a number")))
+        })
+        .collect::<Result<_, _>>()?;
+    let input = schema
+        .encode(&batch, 0..batch.rows())
+        .map_err(|e| golden(format!("{e}")))?;
+    let got = backend.score(input.view())?;
+    let tolerance = manifest.golden.tolerance;
+    let mut max_abs_diff = 0f64;
+    for (row, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+        let g = f64::from(g);
+        if !g.is_finite() {
+            return Err(golden(format!(
+                "row {row}: the model returned a non-finite score"
+            )));
+        }
+        if manifest.task == Task::BinaryClassification && !(0.0..=1.0).contains(&g) {
+            return Err(golden(format!(
+                "row {row}: probability {g} is outside [0, 1]"
+            )));
+        }
+        let diff = (g - e).abs();
+        max_abs_diff = max_abs_diff.max(diff);
+        if diff > tolerance * e.abs().max(1.0) {
+            return Err(golden(format!(
+                "row {row}: score {g} differs from the expected {e} by more than the tolerance {tolerance}"
+            )));
+        }
+    }
+    Ok(GoldenReport {
+        rows: got.len(),
+        max_abs_diff,
+    })
+}
