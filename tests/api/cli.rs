@@ -1,0 +1,67 @@
+//! `segscore score`: embedded and remote scoring give identical files.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_and_remote_scoring_write_identical_outputs() {
+    let app = spawn_app().await;
+    let out = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_segscore");
+    let run = |extra: &[String], output: &str| {
+        let path = out.path().join(output);
+        let status = Command::new(bin)
+            .arg("score")
+            .arg("--input")
+            .arg(sample_users())
+            .arg("--output")
+            .arg(&path)
+            .arg("--models-dir")
+            .arg(shipped_models())
+            .args(["--batch-rows", "300"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        std::fs::read_to_string(path).unwrap()
+    };
+    let embedded = run(&[], "embedded.csv");
+    let remote = run(
+        &["--addr".into(), format!("http://{}", app.addr)],
+        "remote.csv",
+    );
+    assert_eq!(embedded, remote);
+    let mut lines = embedded.lines();
+    assert_eq!(lines.next(), Some("customer_id,churn,ltv,propensity"));
+    let rows: Vec<&str> = lines.collect();
+    let input_rows = std::fs::read_to_string(sample_users())
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    assert_eq!(rows.len(), input_rows);
+    // The file's scores are the server's scores for the same rows.
+    let (features, ids) = csv_matrix(
+        &sample_users(),
+        &manifest("churn", latest_version("churn")),
+        "customer_id",
+    );
+    let resp = app
+        .score(request(features, vec![model("churn", 0)]))
+        .await
+        .unwrap();
+    for (i, line) in rows.iter().enumerate().step_by(97) {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells[0], ids[i]);
+        assert_eq!(cells[1].parse::<f32>().unwrap(), resp.models[0].scores[i]);
+    }
+    // Pinning a version works the same way.
+    let pinned = run(&["--models".into(), "churn:1".into()], "pinned.csv");
+    assert!(pinned.starts_with("customer_id,churn\n"));
+    app.stop().await.unwrap();
+}

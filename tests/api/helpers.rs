@@ -1,0 +1,219 @@
+//! `spawn_app()` and friends: start a server on an ephemeral port, hand back a
+//! connected client, stop it with a oneshot.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use segscore::{
+    api::pb::{self, scoring_client::ScoringClient},
+    app::Application,
+    config::ServeArgs,
+    features::FeatureBatch,
+    repository::{load::read_csv_batch, Manifest, Repository},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub fn shipped_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+pub fn sample_users() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("training/sample_users.csv")
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: ScoringClient<Channel>,
+    pub repository: Arc<Repository>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Asks the server to stop and waits for it to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().expect("stopped twice").await?
+    }
+
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn score(
+        &self,
+        request: pb::ScoreRequest,
+    ) -> Result<pb::ScoreResponse, tonic::Status> {
+        self.client
+            .clone()
+            .score(request)
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&shipped_models(), |_| {}).await
+}
+
+pub async fn spawn_app_with(models: &Path, tweak: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let mut args = ServeArgs::for_models(models);
+    args.engine.workers = Some(2);
+    tweak(&mut args);
+    let app = Application::build(args).await.expect("server builds");
+    let addr = app.local_addr();
+    let repository = app.repository().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let client = ScoringClient::connect(format!("http://{addr}"))
+        .await
+        .expect("client connects")
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    TestApp {
+        addr,
+        client,
+        repository,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+/// Reads a CSV (golden set or sample users) into a request matrix typed by a
+/// model's manifest, plus the `extra` column's raw values.
+pub fn csv_matrix(
+    path: &Path,
+    manifest: &Manifest,
+    extra: &str,
+) -> (pb::FeatureMatrix, Vec<String>) {
+    let schema = segscore::features::FeatureSchema::new(manifest.features.clone()).unwrap();
+    let (batch, extra): (FeatureBatch, Vec<String>) = read_csv_batch(path, &schema, extra).unwrap();
+    (batch.into(), extra)
+}
+
+pub fn manifest(name: &str, version: u64) -> Manifest {
+    Manifest::read(
+        &shipped_models()
+            .join(name)
+            .join(version.to_string())
+            .join("model.toml"),
+    )
+    .unwrap()
+}
+
+/// The highest shipped version of a model.
+pub fn latest_version(name: &str) -> u64 {
+    segscore::repository::scan(&shipped_models()).unwrap()[name]
+        .keys()
+        .copied()
+        .max()
+        .unwrap()
+}
+
+pub fn model(name: &str, version: u64) -> pb::ModelRef {
+    pb::ModelRef {
+        name: name.into(),
+        version,
+        label: String::new(),
+    }
+}
+
+pub fn request(features: pb::FeatureMatrix, models: Vec<pb::ModelRef>) -> pb::ScoreRequest {
+    pb::ScoreRequest {
+        features: Some(features),
+        models,
+        ..Default::default()
+    }
+}
+
+/// Copies the shipped repository into a temp dir so a test can break it.
+pub fn copy_models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped_models(), dir.path());
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A column of `rows` copies of one typed value.
+pub fn f32_col(name: &str, values: Vec<f32>) -> pb::FeatureColumn {
+    pb::FeatureColumn {
+        name: name.into(),
+        values: Some(pb::feature_column::Values::F32(pb::FloatValues { values })),
+        missing_rows: vec![],
+    }
+}
+
+pub fn i64_col(name: &str, values: Vec<i64>) -> pb::FeatureColumn {
+    pb::FeatureColumn {
+        name: name.into(),
+        values: Some(pb::feature_column::Values::I64(pb::Int64Values { values })),
+        missing_rows: vec![],
+    }
+}
+
+pub fn bool_col(name: &str, values: Vec<bool>) -> pb::FeatureColumn {
+    pb::FeatureColumn {
+        name: name.into(),
+        values: Some(pb::feature_column::Values::Bool(pb::BoolValues { values })),
+        missing_rows: vec![],
+    }
+}
+
+pub fn cat_col(name: &str, values: Vec<&str>) -> pb::FeatureColumn {
+    pb::FeatureColumn {
+        name: name.into(),
+        values: Some(pb::feature_column::Values::Category(pb::StringValues {
+            values: values.into_iter().map(str::to_owned).collect(),
+        })),
+        missing_rows: vec![],
+    }
+}
+
+/// One complete, valid customer row (every feature present), `rows` times.
+pub fn full_rows(rows: usize) -> Vec<pb::FeatureColumn> {
+    vec![
+        f32_col("recency_days", vec![12.0; rows]),
+        i64_col("frequency", vec![7; rows]),
+        f32_col("tenure_days", vec![400.0; rows]),
+        f32_col("monetary_mean", vec![55.5; rows]),
+        f32_col("monetary_total", vec![388.5; rows]),
+        i64_col("purchases_90d", vec![2; rows]),
+        i64_col("sessions_7d", vec![3; rows]),
+        i64_col("cart_adds_7d", vec![1; rows]),
+        i64_col("checkout_visits_7d", vec![2; rows]),
+        bool_col("cart_abandoned_24h", vec![true; rows]),
+        f32_col("email_engagement", vec![42.0; rows]),
+        cat_col("region", vec!["europe"; rows]),
+    ]
+}
+
+pub fn matrix(columns: Vec<pb::FeatureColumn>) -> pb::FeatureMatrix {
+    pb::FeatureMatrix { rows: 0, columns }
+}
+
+/// |a - b| <= tol * max(1, |b|), the manifest's golden tolerance rule.
+pub fn close(a: f32, b: f64, tol: f64) -> bool {
+    (f64::from(a) - b).abs() <= tol * b.abs().max(1.0)
+}

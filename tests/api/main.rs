@@ -1,0 +1,11 @@
+//! Black-box tests by capability: real shipped models, a real gRPC server on
+//! 127.0.0.1:0, a real client. One test binary, so the server code and ONNX
+//! Runtime are loaded once.
+
+mod helpers;
+
+mod bad_input;
+mod cli;
+mod repository;
+mod scoring;
+mod shutdown;
