@@ -8,7 +8,7 @@ use clap::{
     parser::ValueSource, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
 };
 
-use crate::{engine::WorkerPoolConfig, repository::EngineConfig};
+use crate::{engine::BatcherConfig, repository::EngineConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,21 +74,32 @@ pub struct EngineArgs {
     /// split and reassembled in order.
     #[arg(long, env = "SEGSCORE_MAX_BATCH_ROWS", default_value_t = 4096)]
     pub max_batch_rows: usize,
-    /// Jobs that may wait per model version before RESOURCE_EXHAUSTED.
+    /// Chunks that may wait per model version; a request that does not fit
+    /// gets RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "SEGSCORE_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
+    /// Dynamic batching: merge queued requests into one model call
+    /// (`--batching false` scores each request chunk alone).
+    #[arg(long, env = "SEGSCORE_BATCHING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub batching: bool,
+    /// Extra microseconds a partly full batch waits for more rows. 0 batches
+    /// only what queued while the workers were busy, adding no latency.
+    #[arg(long, env = "SEGSCORE_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
 }
 
 impl EngineArgs {
     pub fn engine_config(&self) -> EngineConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         EngineConfig {
-            pool: WorkerPoolConfig {
-                workers: self.workers.unwrap_or(cores).max(1),
-                queue_capacity: self.queue_capacity.max(1),
-            },
+            workers: self.workers.unwrap_or(cores).max(1),
             intra_threads: self.intra_threads.max(1),
-            max_batch_rows: self.max_batch_rows.max(1),
+            batcher: BatcherConfig {
+                max_batch_rows: self.max_batch_rows.max(1),
+                max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
+                queue_capacity: self.queue_capacity.max(1),
+                batching: self.batching,
+            },
             ort_dylib_path: self.ort_dylib_path.clone(),
         }
     }

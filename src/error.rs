@@ -8,9 +8,9 @@
 use tonic::{Code, Status};
 
 use crate::{
-    engine::{worker::SubmitError, BackendError},
+    engine::ScoreError,
     features::{BatchError, FeatureError},
-    repository::{load::ScoreError, ResolveError},
+    repository::ResolveError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,9 @@ impl From<ApiError> for Status {
             }
             ApiError::Resolve(_) | ApiError::UnknownSegment(_) => Code::NotFound,
             ApiError::Score { source, .. } => match source {
-                ScoreError::Submit(SubmitError::QueueFull { .. }) => Code::ResourceExhausted,
-                ScoreError::Submit(SubmitError::Stopped)
-                | ScoreError::Backend(BackendError::WorkersGone) => Code::Unavailable,
+                ScoreError::QueueFull { .. } => Code::ResourceExhausted,
+                ScoreError::Stopped => Code::Unavailable,
+                ScoreError::DeadlineExceeded => Code::DeadlineExceeded,
                 ScoreError::Backend(_) => Code::Internal,
             },
         };

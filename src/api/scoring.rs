@@ -3,9 +3,10 @@
 //! A request is parsed and validated for every requested model before any work
 //! is queued, so a bad request changes nothing and costs no model time.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info_span, Instrument};
 
@@ -37,10 +38,12 @@ impl ScoringService {
         Self { repository, limits }
     }
 
-    /// Scores one request end to end.
+    /// Scores one request end to end; chunks still queued at `deadline` are
+    /// dropped unscored.
     pub async fn score_request(
         &self,
         req: pb::ScoreRequest,
+        deadline: Option<Instant>,
     ) -> Result<pb::ScoreResponse, ApiError> {
         if req.models.is_empty() && req.segments.is_empty() {
             return Err(ApiError::InvalidArgument(
@@ -91,11 +94,14 @@ impl ScoringService {
             planned.push((model, chunks));
         }
         let runs = planned.into_iter().map(|(model, chunks)| async move {
-            let scores = model.run(chunks).await.map_err(|source| ApiError::Score {
-                model: model.name().into(),
-                version: model.version(),
-                source,
-            })?;
+            let scores = model
+                .run(chunks, deadline)
+                .await
+                .map_err(|source| ApiError::Score {
+                    model: model.name().into(),
+                    version: model.version(),
+                    source,
+                })?;
             Ok::<_, ApiError>(pb::ModelScores {
                 name: model.name().into(),
                 version: model.version(),
@@ -115,6 +121,25 @@ impl ScoringService {
             error: None,
         })
     }
+}
+
+/// The caller's deadline from the `grpc-timeout` header. tonic enforces it by
+/// dropping the handler (which cancels queued work), but does not expose it;
+/// the batcher needs the instant to drop expired chunks before they run.
+fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Some(Instant::now() + timeout)
 }
 
 fn column_len(col: &pb::FeatureColumn) -> usize {
@@ -137,13 +162,17 @@ impl pb::scoring_server::Scoring for ScoringService {
         &self,
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
+        let deadline = grpc_deadline(request.metadata());
         let req = request.into_inner();
         let span = info_span!(
             "score",
             models = req.models.len(),
             rows = tracing::field::Empty
         );
-        let result = self.score_request(req).instrument(span.clone()).await;
+        let result = self
+            .score_request(req, deadline)
+            .instrument(span.clone())
+            .await;
         match &result {
             Ok(resp) => {
                 span.record("rows", resp.rows);
@@ -159,6 +188,7 @@ impl pb::scoring_server::Scoring for ScoringService {
         &self,
         request: Request<Streaming<pb::ScoreRequest>>,
     ) -> Result<Response<Self::ScoreStreamStream>, Status> {
+        let deadline = grpc_deadline(request.metadata());
         let service = self.clone();
         let in_flight = self.limits.stream_in_flight.max(1);
         // `buffered` keeps at most `in_flight` chunks being scored and yields
@@ -171,7 +201,7 @@ impl pb::scoring_server::Scoring for ScoringService {
                 async move {
                     let req = chunk?;
                     let sequence = req.sequence;
-                    Ok(match service.score_request(req).await {
+                    Ok(match service.score_request(req, deadline).await {
                         Ok(resp) => resp,
                         Err(e) => {
                             let status = Status::from(e);

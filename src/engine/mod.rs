@@ -3,15 +3,29 @@
 //!
 //! After TEI, the [`Backend`] trait is small and synchronous; each worker thread
 //! owns one backend (an `ort::Session::run` needs `&mut self`), and async callers
-//! reach workers through a bounded queue (see [`worker`]).
+//! reach workers through the per-version dynamic [`batcher`].
 
+pub mod batcher;
 pub mod onnx;
 pub mod smartcore;
-pub mod worker;
+mod worker;
 
 use ndarray::ArrayView2;
 
-pub use worker::{WorkerPool, WorkerPoolConfig};
+pub use batcher::{Batcher, BatcherConfig};
+
+/// Why an accepted chunk produced no scores.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScoreError {
+    #[error("the scoring queue is full ({capacity} chunks waiting); retry with backoff")]
+    QueueFull { capacity: usize },
+    #[error("the model version is shutting down")]
+    Stopped,
+    #[error("the request's deadline passed before it was scored")]
+    DeadlineExceeded,
+    #[error("scoring failed: {0}")]
+    Backend(String),
+}
 
 /// A loaded model that scores encoded feature rows.
 pub trait Backend: Send {
@@ -38,6 +52,4 @@ pub enum BackendError {
     SmartcoreFormat(String),
     #[error("scoring failed: {0}")]
     Inference(String),
-    #[error("the model's workers have stopped")]
-    WorkersGone,
 }

@@ -15,8 +15,7 @@ use crate::{
     engine::{
         onnx::{self, OnnxBackend, OnnxSignature},
         smartcore::SmartcoreBackend,
-        worker::SubmitError,
-        Backend, BackendError, WorkerPool, WorkerPoolConfig,
+        Backend, BackendError, Batcher, BatcherConfig, ScoreError,
     },
     features::{ColumnBuilder, FeatureBatch, FeatureError, FeatureSchema, SchemaError},
 };
@@ -24,11 +23,13 @@ use crate::{
 /// How model versions are run; shared by `serve`, `score` and `models validate`.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    pub pool: WorkerPoolConfig,
+    /// Worker threads (each with its own backend) per model version.
+    pub workers: usize,
     /// ORT intra-op threads per session.
     pub intra_threads: usize,
-    /// Largest matrix handed to a backend at once; bigger requests are split.
-    pub max_batch_rows: usize,
+    /// Batch size, queue bound and delay; `max_batch_rows` also splits big
+    /// requests into chunks.
+    pub batcher: BatcherConfig,
     pub ort_dylib_path: Option<PathBuf>,
 }
 
@@ -80,16 +81,7 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     pub golden: GoldenReport,
     max_batch_rows: usize,
-    pool: WorkerPool,
-}
-
-/// Why scoring failed after the input was accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum ScoreError {
-    #[error(transparent)]
-    Submit(#[from] SubmitError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
+    batcher: Batcher,
 }
 
 impl LoadedModel {
@@ -114,16 +106,21 @@ impl LoadedModel {
             .collect()
     }
 
-    /// Scores encoded chunks on the workers and returns the scores in row order.
-    pub async fn run(&self, chunks: Vec<Array2<f32>>) -> Result<Vec<f32>, ScoreError> {
+    /// Scores encoded chunks through the batcher and returns the scores in row
+    /// order. Chunks not scored by `deadline` are dropped unscored.
+    pub async fn run(
+        &self,
+        chunks: Vec<Array2<f32>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Vec<f32>, ScoreError> {
         let total: usize = chunks.iter().map(|c| c.nrows()).sum();
-        let receivers = chunks
-            .into_iter()
-            .map(|chunk| self.pool.submit(chunk))
-            .collect::<Result<Vec<_>, _>>()?;
+        let receivers = self.batcher.submit(chunks, deadline)?;
         let mut scores = Vec::with_capacity(total);
         for rx in receivers {
-            let part = rx.await.map_err(|_| BackendError::WorkersGone)??;
+            // A dropped reply means the worker died mid-batch.
+            let part = rx
+                .await
+                .map_err(|_| ScoreError::Backend("the worker stopped while scoring".into()))??;
             scores.extend(part);
         }
         Ok(scores)
@@ -132,12 +129,12 @@ impl LoadedModel {
     /// Encode + run, for callers that validated nothing beforehand.
     pub async fn score(&self, batch: &FeatureBatch) -> Result<Vec<f32>, LoadModelScoreError> {
         let chunks = self.encode(batch)?;
-        Ok(self.run(chunks).await?)
+        Ok(self.run(chunks, None).await?)
     }
 
-    /// Jobs waiting for this version's workers.
+    /// Chunks waiting for this version's workers.
     pub fn queued(&self) -> usize {
-        self.pool.queued()
+        self.batcher.queued()
     }
 }
 
@@ -198,17 +195,16 @@ pub fn validate(
 
 /// Validates the version in `dir` and starts its workers.
 pub fn load(dir: &Path, config: &EngineConfig) -> Result<Arc<LoadedModel>, LoadError> {
-    let v = validate(dir, config, config.pool.workers)?;
+    let v = validate(dir, config, config.workers)?;
     let label = format!("{}-v{}", v.manifest.name, v.manifest.version);
-    let pool = WorkerPool::spawn(&label, v.backends, config.pool.queue_capacity)
-        .map_err(LoadError::Spawn)?;
+    let batcher = Batcher::spawn(&label, v.backends, config.batcher).map_err(LoadError::Spawn)?;
     Ok(Arc::new(LoadedModel {
         manifest: v.manifest,
         schema: v.schema,
         dir: dir.to_path_buf(),
         golden: v.golden,
-        max_batch_rows: config.max_batch_rows.max(1),
-        pool,
+        max_batch_rows: config.batcher.max_batch_rows.max(1),
+        batcher,
     }))
 }
 

@@ -48,6 +48,8 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"))
         .args([
+            "--log-format",
+            "json",
             "serve",
             "--addr",
             "127.0.0.1:0",
@@ -56,26 +58,35 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
             "--models",
         ])
         .arg(shipped_models())
-        .env("RUST_LOG", "info")
+        .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Read the log on a thread so a server that never says `serving` fails the
+    // test after a timeout instead of hanging it.
     let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut addr = None;
     let mut seen = Vec::new();
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if line.contains("serving") && line.contains("addr=") {
-            addr = line
-                .split("addr=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-                .map(str::to_owned);
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if json["fields"]["message"] == "serving" {
+            addr = json["fields"]["addr"].as_str().map(str::to_owned);
             break;
         }
         seen.push(line);
     }
-    let addr = addr.unwrap_or_else(|| panic!("no `serving` line; log: {seen:#?}"));
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        panic!("no `serving` line; log: {seen:#?}");
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut client =
