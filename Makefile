@@ -12,7 +12,7 @@ BIN := target/release/segscore
 SEED ?= 20261123
 CUSTOMERS ?= 50000
 
-.PHONY: run test build venv lint models validate clean
+.PHONY: run test build venv lint models validate bench clean
 
 # The venv carries the pinned onnxruntime wheel, whose libonnxruntime.so the
 # server loads (ort load-dynamic), plus the training pipeline's dependencies.
@@ -36,6 +36,10 @@ test: venv lint
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+# The benchmark suite (about a minute; loopback only); rewrites BENCHMARKS.md.
+bench: build
+	$(BIN) bench --seconds 2
 
 validate: build
 	$(BIN) models validate models

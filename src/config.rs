@@ -41,6 +41,9 @@ pub enum Command {
     Models(ModelsCommand),
     /// Train a smartcore model from a feature CSV and write a model version.
     Train(crate::train::TrainArgs),
+    /// Run the benchmark suite (in-process ORT vs the service) and write
+    /// BENCHMARKS.md; traffic only to 127.0.0.1, bounded in time.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,10 +5,12 @@
 //! [`features`] batches; the [`repository`] resolves the model version; the
 //! [`engine`] scores on worker threads that own ONNX Runtime or smartcore
 //! backends. [`app`] wires the server, [`config`] parses options, [`bulk`] is the
-//! `segscore score` file job and [`train`] the smartcore trainer.
+//! `segscore score` file job, [`train`] the smartcore trainer and [`bench`] the
+//! benchmark suite.
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod bulk;
 pub mod config;
 pub mod engine;

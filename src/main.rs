@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use segscore::{
     app::{shutdown_signal, Application},
-    bulk,
+    bench, bulk,
     config::{self, Command, ModelsCommand},
     repository::{self, load},
     telemetry, train,
@@ -41,6 +41,9 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
+        Command::Bench(args) => {
+            runtime().and_then(|rt| rt.block_on(async { bench::run(args).await.map(|_| ()) }))
+        }
         Command::Models(ModelsCommand::Validate { dir, engine }) => {
             validate(&dir, &engine.engine_config())
         }

@@ -423,3 +423,39 @@ async fn score_stream_answers_every_chunk_in_order_and_survives_a_bad_one() {
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_row_callers_get_exactly_their_own_scores() {
+    let app = spawn_app().await;
+    let (base, _) = csv_matrix(
+        &sample_users(),
+        &manifest("churn", latest_version("churn")),
+        "customer_id",
+    );
+    let models = vec![model("churn", 0), model("ltv", 0)];
+    let whole = app
+        .score(request(base.clone(), models.clone()))
+        .await
+        .unwrap();
+    // 400 single-row calls in flight at once: the batcher merges them into
+    // shared model calls, and each must get back its own row's scores.
+    let calls = (0..400usize).map(|i| {
+        let row = (i * 7) % base.rows as usize;
+        let req = request(single(&base, row), models.clone());
+        let mut client = app.client.clone();
+        tokio::spawn(async move { (row, client.score(req).await.map(|r| r.into_inner())) })
+    });
+    for call in futures::future::join_all(calls).await {
+        let (row, resp) = call.unwrap();
+        let resp = resp.unwrap();
+        for (m, w) in resp.models.iter().zip(&whole.models) {
+            let (x, y) = (m.scores[0], w.scores[row]);
+            assert!(
+                (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                "{} row {row}: got {x}, want {y}",
+                m.name
+            );
+        }
+    }
+    app.stop().await.unwrap();
+}
