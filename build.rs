@@ -6,7 +6,10 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/segscore/v1/scoring.proto"];
+    let protos = [
+        "proto/segscore/v1/scoring.proto",
+        "proto/inference/grpc_predict_v2.proto",
+    ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -10,18 +10,21 @@ use tracing::info;
 
 use crate::{
     api::{
+        inference::{publish_health, InferenceService},
+        oip::grpc_inference_service_server::GrpcInferenceServiceServer,
         pb::scoring_server::ScoringServer,
         scoring::{Limits, ScoringService},
+        FILE_DESCRIPTOR_SET,
     },
     config::ServeArgs,
     engine::onnx,
-    repository::Repository,
+    repository::{Repository, SharedRepository},
 };
 
 /// A loaded repository and a bound listener, ready to serve.
 pub struct Application {
     listener: TcpListener,
-    repository: Arc<Repository>,
+    repository: SharedRepository,
     config: ServeArgs,
 }
 
@@ -46,7 +49,7 @@ impl Application {
             .with_context(|| format!("binding {}", config.addr))?;
         Ok(Self {
             listener,
-            repository: Arc::new(repository),
+            repository: Arc::new(arc_swap::ArcSwap::from_pointee(repository)),
             config,
         })
     }
@@ -57,7 +60,7 @@ impl Application {
             .expect("a bound TCP listener has an address; this is a bug")
     }
 
-    pub fn repository(&self) -> &Arc<Repository> {
+    pub fn repository(&self) -> &SharedRepository {
         &self.repository
     }
 
@@ -72,18 +75,49 @@ impl Application {
             max_rows_per_request: self.config.max_rows_per_request,
             stream_in_flight: self.config.stream_in_flight,
         };
+        let max = self.config.max_message_bytes;
         let scoring = ScoringServer::new(ScoringService::new(self.repository.clone(), limits))
-            .max_decoding_message_size(self.config.max_message_bytes)
-            .max_encoding_message_size(self.config.max_message_bytes);
-        info!(%addr, models = ?self.repository.serving_names(), "serving");
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        // grpc.health.v1: one entry per model name plus "" for the server;
+        // NOT_SERVING for a model until one of its versions passed validation.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        publish_health(&health, &self.repository.load()).await;
+        let inference = GrpcInferenceServiceServer::new(InferenceService::new(
+            self.repository.clone(),
+            health.clone(),
+            self.config.max_rows_per_request,
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building gRPC reflection")?;
+        info!(%addr, models = ?self.repository.load().serving_names(), "serving");
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let draining = health.clone();
         let signal = async move {
             shutdown.await;
             info!("shutdown requested: draining in-flight requests");
+            // Load balancers probing health stop sending new work first.
+            draining
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             let _ = stopping_tx.send(());
         };
         let server = tonic::transport::Server::builder()
             .add_service(scoring)
+            .add_service(inference)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             // Small request/response pairs must not wait for Nagle's algorithm
             // (~40 ms stalls on loopback); tonic only sets this on listeners it
             // binds itself, and this one is bound by the caller.

@@ -2,13 +2,18 @@
 //! edge; [`scoring`] implements segscore.v1.
 
 pub mod convert;
+pub mod inference;
 pub mod scoring;
 
-/// Generated protobuf and tonic code.
+/// Generated protobuf and tonic code for segscore.v1.
 pub mod pb {
     tonic::include_proto!("segscore.v1");
-
-    /// The encoded descriptor set, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("segscore_descriptor");
 }
+
+/// Generated code for the KServe V2 Open Inference Protocol.
+pub mod oip {
+    tonic::include_proto!("inference");
+}
+
+/// The encoded descriptor set of both APIs, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("segscore_descriptor");

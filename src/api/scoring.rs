@@ -3,7 +3,7 @@
 //! A request is parsed and validated for every requested model before any work
 //! is queued, so a bad request changes nothing and costs no model time.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, time::Duration};
 
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
@@ -14,7 +14,7 @@ use super::{convert::model_info, pb};
 use crate::{
     error::ApiError,
     features::{BatchError, FeatureBatch},
-    repository::Repository,
+    repository::SharedRepository,
 };
 
 /// Per-request limits that protect the machine.
@@ -29,12 +29,12 @@ pub struct Limits {
 
 #[derive(Clone)]
 pub struct ScoringService {
-    repository: Arc<Repository>,
+    repository: SharedRepository,
     limits: Limits,
 }
 
 impl ScoringService {
-    pub fn new(repository: Arc<Repository>, limits: Limits) -> Self {
+    pub fn new(repository: SharedRepository, limits: Limits) -> Self {
         Self { repository, limits }
     }
 
@@ -83,9 +83,11 @@ impl ScoringService {
                     model_ref.name
                 )));
             }
-            let model =
-                self.repository
-                    .resolve(&model_ref.name, model_ref.version, &model_ref.label)?;
+            let model = self.repository.load().resolve(
+                &model_ref.name,
+                model_ref.version,
+                &model_ref.label,
+            )?;
             let chunks = model.encode(&batch).map_err(|source| ApiError::Feature {
                 model: model.name().into(),
                 version: model.version(),
@@ -126,7 +128,7 @@ impl ScoringService {
 /// The caller's deadline from the `grpc-timeout` header. tonic enforces it by
 /// dropping the handler (which cancels queued work), but does not expose it;
 /// the batcher needs the instant to drop expired chunks before they run.
-fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+pub(crate) fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = digits.parse().ok()?;
@@ -227,6 +229,7 @@ impl pb::scoring_server::Scoring for ScoringService {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let models = self
             .repository
+            .load()
             .models()
             .iter()
             .map(|(name, entry)| model_info(name, entry))
@@ -239,8 +242,8 @@ impl pb::scoring_server::Scoring for ScoringService {
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::GetModelResponse>, Status> {
         let name = request.into_inner().name;
-        let entry = self
-            .repository
+        let repository = self.repository.load();
+        let entry = repository
             .models()
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("model `{name}` not found")))?;

@@ -17,6 +17,7 @@ pub use load::{EngineConfig, LoadError, LoadedModel};
 pub use manifest::{Format, Manifest, Task, MANIFEST_FILE};
 
 /// The state of one version directory.
+#[derive(Clone)]
 pub enum VersionStatus {
     Serving(Arc<LoadedModel>),
     /// Refused, with the reason; the manifest is kept when it parsed, so
@@ -28,7 +29,7 @@ pub enum VersionStatus {
 }
 
 /// All versions of one model name.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ModelEntry {
     pub versions: BTreeMap<u64, VersionStatus>,
 }
@@ -62,11 +63,18 @@ pub enum ResolveError {
     UnknownLabel { name: String, label: String },
 }
 
-/// Every model found under the repository root.
+/// Every model found under the repository root. Immutable: a reload builds a
+/// new `Repository` and swaps it into [`SharedRepository`], so scoring never
+/// waits on a load and in-flight requests finish on the versions they resolved.
+#[derive(Clone)]
 pub struct Repository {
     root: PathBuf,
+    config: EngineConfig,
     models: BTreeMap<String, ModelEntry>,
 }
+
+/// The repository as the services see it: swapped atomically on reloads.
+pub type SharedRepository = Arc<arc_swap::ArcSwap<Repository>>;
 
 impl Repository {
     /// Scans `root` and loads every version that has a manifest. Only an
@@ -74,32 +82,36 @@ impl Repository {
     pub fn load(root: &Path, config: &EngineConfig) -> std::io::Result<Self> {
         let mut models = BTreeMap::new();
         for (name, versions) in scan(root)? {
-            let mut entry = ModelEntry::default();
-            for (version, dir) in versions {
-                let status = match load::load(&dir, config) {
-                    Ok(model) => {
-                        info!(
-                            model = %name, version, format = model.manifest.format.as_str(),
-                            golden_rows = model.golden.rows, golden_max_abs_diff = model.golden.max_abs_diff,
-                            "model version serving"
-                        );
-                        VersionStatus::Serving(model)
-                    }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        warn!(model = %name, version, %reason, "model version refused");
-                        let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).ok().map(Box::new);
-                        VersionStatus::Failed { reason, manifest }
-                    }
-                };
-                entry.versions.insert(version, status);
-            }
-            models.insert(name, entry);
+            models.insert(name.clone(), load_entry(&name, versions, config));
         }
         Ok(Self {
             root: root.to_path_buf(),
+            config: config.clone(),
             models,
         })
+    }
+
+    /// A copy of this repository with `name` loaded afresh from disk (every
+    /// version re-validated). Blocking: run it off the async threads.
+    pub fn with_model_reloaded(&self, name: &str) -> std::io::Result<Result<Self, ResolveError>> {
+        let mut found = scan(&self.root)?;
+        let Some(versions) = found.remove(name) else {
+            return Ok(Err(ResolveError::UnknownModel(name.into())));
+        };
+        let mut next = self.clone();
+        next.models
+            .insert(name.into(), load_entry(name, versions, &self.config));
+        Ok(Ok(next))
+    }
+
+    /// A copy of this repository without `name`; its versions drain and stop
+    /// once in-flight requests finish.
+    pub fn without_model(&self, name: &str) -> Result<Self, ResolveError> {
+        let mut next = self.clone();
+        next.models
+            .remove(name)
+            .ok_or_else(|| ResolveError::UnknownModel(name.into()))?;
+        Ok(next)
     }
 
     pub fn root(&self) -> &Path {
@@ -157,6 +169,31 @@ impl Repository {
             .map(|(n, _)| n.clone())
             .collect()
     }
+}
+
+/// Loads every version of one model, recording failures with their reason.
+fn load_entry(name: &str, versions: BTreeMap<u64, PathBuf>, config: &EngineConfig) -> ModelEntry {
+    let mut entry = ModelEntry::default();
+    for (version, dir) in versions {
+        let status = match load::load(&dir, config) {
+            Ok(model) => {
+                info!(
+                    model = %name, version, format = model.manifest.format.as_str(),
+                    golden_rows = model.golden.rows, golden_max_abs_diff = model.golden.max_abs_diff,
+                    "model version serving"
+                );
+                VersionStatus::Serving(model)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                warn!(model = %name, version, %reason, "model version refused");
+                let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).ok().map(Box::new);
+                VersionStatus::Failed { reason, manifest }
+            }
+        };
+        entry.versions.insert(version, status);
+    }
+    entry
 }
 
 /// Lists `root/<name>/<version>/` directories that hold a manifest. Other

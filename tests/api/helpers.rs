@@ -4,7 +4,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use segscore::{
@@ -12,7 +11,7 @@ use segscore::{
     app::Application,
     config::ServeArgs,
     features::FeatureBatch,
-    repository::{load::read_csv_batch, Manifest, Repository},
+    repository::{load::read_csv_batch, Manifest},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -28,7 +27,7 @@ pub fn sample_users() -> PathBuf {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: ScoringClient<Channel>,
-    pub repository: Arc<Repository>,
+    pub repository: segscore::repository::SharedRepository,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: Option<JoinHandle<anyhow::Result<()>>>,
 }

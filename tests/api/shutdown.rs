@@ -20,7 +20,7 @@ async fn shutdown_completes_in_flight_requests() {
             .await
     });
     // Wait until the request is being scored, then ask the server to stop.
-    let churn = app.repository.resolve("churn", 0, "").unwrap();
+    let churn = app.repository.load().resolve("churn", 0, "").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while churn.queued() == 0 {
         assert!(

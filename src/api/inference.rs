@@ -1,0 +1,575 @@
+//! The KServe V2 Open Inference Protocol (`inference.GRPCInferenceService`) on
+//! the same port as segscore.v1, so Triton/KServe clients work unmodified.
+//!
+//! Every model is exposed with one input, `features` (FP32 `[-1, n_features]`,
+//! the model's real input: category features as their index in the manifest's
+//! `categories`), and one output, `score` (FP32 `[-1]`: probability of the
+//! positive class or the regression value). ModelInfer also accepts one tensor
+//! per named feature (`[rows]` or `[rows, 1]`; BYTES strings for category
+//! features), as tabular clients send columns. Either way the tensors become a
+//! [`FeatureBatch`] and go through the same validation, imputation and batcher
+//! as `Score`.
+
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status};
+use tonic_health::{server::HealthReporter, ServingStatus};
+use tracing::info;
+
+use super::{oip, scoring::grpc_deadline};
+use crate::{
+    error::ApiError,
+    features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema},
+    repository::{Format, Repository, SharedRepository},
+};
+
+/// The single output every model exposes over OIP.
+const OUTPUT: &str = "score";
+/// The single matrix input every model exposes over OIP.
+const INPUT: &str = "features";
+
+#[derive(Clone)]
+pub struct InferenceService {
+    repository: SharedRepository,
+    health: HealthReporter,
+    max_rows_per_request: usize,
+}
+
+impl InferenceService {
+    pub fn new(
+        repository: SharedRepository,
+        health: HealthReporter,
+        max_rows_per_request: usize,
+    ) -> Self {
+        Self {
+            repository,
+            health,
+            max_rows_per_request,
+        }
+    }
+
+    async fn infer(
+        &self,
+        req: oip::ModelInferRequest,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<oip::ModelInferResponse, ApiError> {
+        let version = parse_version(&req.model_version)?;
+        let model = self
+            .repository
+            .load()
+            .resolve(&req.model_name, version, "")?;
+        for out in &req.outputs {
+            if out.name != OUTPUT {
+                return Err(ApiError::InvalidArgument(format!(
+                    "model `{}` has no output `{}`; its output is `{OUTPUT}`",
+                    req.model_name, out.name
+                )));
+            }
+        }
+        let raw = !req.raw_input_contents.is_empty();
+        let batch = tensors_to_batch(
+            &model.schema,
+            &req.inputs,
+            &req.raw_input_contents,
+            self.max_rows_per_request,
+        )?;
+        let rows = batch.rows();
+        let chunks = model.encode(&batch).map_err(|source| ApiError::Feature {
+            model: model.name().into(),
+            version: model.version(),
+            source,
+        })?;
+        let scores = model
+            .run(chunks, deadline)
+            .await
+            .map_err(|source| ApiError::Score {
+                model: model.name().into(),
+                version: model.version(),
+                source,
+            })?;
+        let mut output = oip::model_infer_response::InferOutputTensor {
+            name: OUTPUT.into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64],
+            ..Default::default()
+        };
+        let mut raw_output_contents = Vec::new();
+        if raw {
+            raw_output_contents.push(scores.iter().flat_map(|s| s.to_le_bytes()).collect());
+        } else {
+            output.contents = Some(oip::InferTensorContents {
+                fp32_contents: scores,
+                ..Default::default()
+            });
+        }
+        Ok(oip::ModelInferResponse {
+            model_name: model.name().into(),
+            model_version: model.version().to_string(),
+            id: req.id,
+            parameters: HashMap::new(),
+            outputs: vec![output],
+            raw_output_contents,
+        })
+    }
+
+    /// Publishes each model's health (SERVING when it has a serving version)
+    /// and the overall status.
+    pub async fn publish_health(&self) {
+        publish_health(&self.health, &self.repository.load()).await;
+    }
+}
+
+/// Sets grpc.health.v1 statuses from the repository: one entry per model
+/// name, plus "" (the whole server).
+pub async fn publish_health(health: &HealthReporter, repository: &Repository) {
+    for (name, entry) in repository.models() {
+        let status = if entry.default_version().is_some() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status(name, status).await;
+    }
+    health.set_service_status("", ServingStatus::Serving).await;
+}
+
+fn parse_version(version: &str) -> Result<u64, ApiError> {
+    if version.is_empty() {
+        return Ok(0);
+    }
+    version.parse().map_err(|_| {
+        ApiError::InvalidArgument(format!("model_version `{version}` is not a version number"))
+    })
+}
+
+/// An input tensor's values, typed by its datatype.
+enum Values {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+    Bytes(Vec<String>),
+}
+
+impl Values {
+    fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F64(v) => v.len(),
+            Values::I64(v) => v.len(),
+            Values::Bool(v) => v.len(),
+            Values::Bytes(v) => v.len(),
+        }
+    }
+}
+
+fn bad(tensor: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidArgument(format!("input tensor `{tensor}`: {message}"))
+}
+
+/// Reads one tensor's values from typed contents or from its raw bytes.
+fn tensor_values(
+    input: &oip::model_infer_request::InferInputTensor,
+    raw: Option<&[u8]>,
+) -> Result<Values, ApiError> {
+    let name = &input.name;
+    fn chunks<const N: usize, T>(
+        name: &str,
+        raw: &[u8],
+        f: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, ApiError> {
+        if !raw.len().is_multiple_of(N) {
+            return Err(bad(
+                name,
+                format!(
+                    "{} raw bytes are not a whole number of {N}-byte elements",
+                    raw.len()
+                ),
+            ));
+        }
+        Ok(raw
+            .chunks_exact(N)
+            .map(|c| f(c.try_into().expect("chunks_exact(N); this is a bug")))
+            .collect())
+    }
+    let contents = input.contents.clone().unwrap_or_default();
+    Ok(match (input.datatype.as_str(), raw) {
+        ("FP32", Some(r)) => Values::F32(chunks(name, r, f32::from_le_bytes)?),
+        ("FP32", None) => Values::F32(contents.fp32_contents),
+        ("FP64", Some(r)) => Values::F64(chunks(name, r, f64::from_le_bytes)?),
+        ("FP64", None) => Values::F64(contents.fp64_contents),
+        ("INT64", Some(r)) => Values::I64(chunks(name, r, i64::from_le_bytes)?),
+        ("INT64", None) => Values::I64(contents.int64_contents),
+        ("INT32", Some(r)) => Values::I64(chunks(name, r, |b: [u8; 4]| {
+            i64::from(i32::from_le_bytes(b))
+        })?),
+        ("INT32", None) => Values::I64(contents.int_contents.into_iter().map(i64::from).collect()),
+        ("BOOL", Some(r)) => Values::Bool(r.iter().map(|b| *b != 0).collect()),
+        ("BOOL", None) => Values::Bool(contents.bool_contents),
+        ("BYTES", Some(r)) => Values::Bytes(raw_strings(name, r)?),
+        ("BYTES", None) => Values::Bytes(
+            contents
+                .bytes_contents
+                .into_iter()
+                .map(|b| String::from_utf8(b).map_err(|_| bad(name, "BYTES element is not UTF-8")))
+                .collect::<Result<_, _>>()?,
+        ),
+        (other, _) => {
+            return Err(bad(
+                name,
+                format!(
+                "datatype `{other}` is not supported (use FP32, FP64, INT64, INT32, BOOL or BYTES)"
+            ),
+            ))
+        }
+    })
+}
+
+/// Raw BYTES tensors are 4-byte little-endian lengths, each followed by the
+/// element's bytes (the Triton convention).
+fn raw_strings(name: &str, mut raw: &[u8]) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let (len, rest) = raw
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad(name, "truncated BYTES length prefix"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(bad(
+                name,
+                "BYTES element longer than the remaining raw content",
+            ));
+        }
+        out.push(
+            String::from_utf8(rest[..len].to_vec())
+                .map_err(|_| bad(name, "BYTES element is not UTF-8"))?,
+        );
+        raw = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Turns the request's tensors into a batch of named columns.
+fn tensors_to_batch(
+    schema: &FeatureSchema,
+    inputs: &[oip::model_infer_request::InferInputTensor],
+    raw: &[Vec<u8>],
+    max_rows: usize,
+) -> Result<FeatureBatch, ApiError> {
+    if inputs.is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "the request has no input tensors".into(),
+        ));
+    }
+    if !raw.is_empty() && raw.len() != inputs.len() {
+        return Err(ApiError::InvalidArgument(format!(
+            "{} raw_input_contents for {} inputs: send one per input, in order",
+            raw.len(),
+            inputs.len()
+        )));
+    }
+    let mut tensors = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        if !raw.is_empty() && input.contents.is_some() {
+            return Err(bad(
+                &input.name,
+                "has `contents` although raw_input_contents is used",
+            ));
+        }
+        if input.shape.iter().any(|d| *d < 0) {
+            return Err(bad(
+                &input.name,
+                format!("shape {:?} has a negative dimension", input.shape),
+            ));
+        }
+        let values = tensor_values(input, raw.get(i).map(Vec::as_slice))?;
+        let expected: i64 = input.shape.iter().product();
+        if values.len() as i64 != expected || input.shape.is_empty() {
+            return Err(bad(
+                &input.name,
+                format!(
+                    "{} values do not fill shape {:?}",
+                    values.len(),
+                    input.shape
+                ),
+            ));
+        }
+        let rows = input.shape[0] as usize;
+        if rows > max_rows {
+            return Err(ApiError::TooLarge(format!(
+                "input tensor `{}`: {rows} rows exceed the limit of {max_rows} rows per request",
+                input.name
+            )));
+        }
+        tensors.push((input, values));
+    }
+    let width = schema.len() as i64;
+    let is_matrix = tensors.len() == 1 && schema.spec(&tensors[0].0.name).is_none();
+    let columns = if is_matrix {
+        let (input, values) = tensors.pop().expect("one tensor; this is a bug");
+        if input.shape.len() != 2 || input.shape[1] != width {
+            return Err(bad(
+                &input.name,
+                format!("shape {:?}: expected [rows, {width}] (features in manifest order) or one tensor per feature", input.shape),
+            ));
+        }
+        matrix_columns(schema, &input.name, values)?
+    } else {
+        let mut columns = Vec::with_capacity(tensors.len());
+        for (input, values) in tensors {
+            let spec = schema.spec(&input.name).ok_or_else(|| {
+                bad(
+                    &input.name,
+                    "is not a feature of this model (see ModelMetadata or GetModel)",
+                )
+            })?;
+            let column_shaped =
+                input.shape.len() == 1 || (input.shape.len() == 2 && input.shape[1] == 1);
+            if !column_shaped {
+                return Err(bad(
+                    &input.name,
+                    format!(
+                        "shape {:?}: a feature tensor is [rows] or [rows, 1]",
+                        input.shape
+                    ),
+                ));
+            }
+            let values = match (spec.dtype, values) {
+                (DType::Category, Values::Bytes(v)) => ColumnValues::Category(v),
+                (_, Values::Bytes(_)) => {
+                    return Err(bad(
+                        &input.name,
+                        format!("BYTES data for a {} feature", spec.dtype),
+                    ))
+                }
+                (_, v) => numeric(v),
+            };
+            columns.push((input.name.clone(), Column::new(values)));
+        }
+        columns
+    };
+    Ok(FeatureBatch::new(0, columns)?)
+}
+
+fn numeric(values: Values) -> ColumnValues {
+    match values {
+        Values::F32(v) => ColumnValues::F32(v),
+        Values::F64(v) => ColumnValues::F64(v),
+        Values::I64(v) => ColumnValues::I64(v),
+        Values::Bool(v) => ColumnValues::Bool(v),
+        Values::Bytes(v) => ColumnValues::Category(v),
+    }
+}
+
+/// Splits a row-major `[rows, features]` tensor into one column per feature.
+/// Category columns carry codes here (the model's encoding); they are mapped
+/// back to their names so encode() validates them like any other request.
+fn matrix_columns(
+    schema: &FeatureSchema,
+    name: &str,
+    values: Values,
+) -> Result<Vec<(String, Column)>, ApiError> {
+    let width = schema.len();
+    let pick =
+        |v: &[f64], j: usize| -> Vec<f64> { v.iter().skip(j).step_by(width).copied().collect() };
+    let as_f64: Vec<f64> = match &values {
+        Values::F32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+        Values::F64(v) => v.clone(),
+        Values::I64(v) => v.iter().map(|x| *x as f64).collect(),
+        Values::Bool(v) => v.iter().map(|x| if *x { 1.0 } else { 0.0 }).collect(),
+        Values::Bytes(_) => return Err(bad(name, "a BYTES matrix cannot hold numeric features")),
+    };
+    let mut columns = Vec::with_capacity(width);
+    for (j, spec) in schema.specs().enumerate() {
+        let col = pick(&as_f64, j);
+        let column = match spec.dtype {
+            DType::Category => {
+                let mut missing = Vec::new();
+                let mut names = Vec::with_capacity(col.len());
+                for (row, code) in col.iter().enumerate() {
+                    if code.is_nan() {
+                        missing.push(row as u32);
+                        names.push(String::new());
+                        continue;
+                    }
+                    let category = (code.fract() == 0.0 && *code >= 0.0)
+                        .then(|| spec.categories.get(*code as usize))
+                        .flatten()
+                        .ok_or_else(|| {
+                            bad(
+                                name,
+                                format!(
+                                    "column {j} (`{}`) row {row}: not a category code 0..{}",
+                                    spec.name,
+                                    spec.categories.len() - 1
+                                ),
+                            )
+                        })?;
+                    names.push(category.clone());
+                }
+                Column::new(ColumnValues::Category(names))
+                    .with_missing_rows(&missing)
+                    .expect("rows from the same column; this is a bug")
+            }
+            DType::Bool => {
+                let mut missing = Vec::new();
+                let flags = col
+                    .iter()
+                    .enumerate()
+                    .map(|(row, v)| {
+                        if v.is_nan() {
+                            missing.push(row as u32);
+                        }
+                        *v != 0.0 && !v.is_nan()
+                    })
+                    .collect();
+                Column::new(ColumnValues::Bool(flags))
+                    .with_missing_rows(&missing)
+                    .expect("rows from the same column; this is a bug")
+            }
+            _ => Column::new(ColumnValues::F64(col)),
+        };
+        columns.push((spec.name.clone(), column));
+    }
+    Ok(columns)
+}
+
+#[tonic::async_trait]
+impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<oip::ServerLiveRequest>,
+    ) -> Result<Response<oip::ServerLiveResponse>, Status> {
+        Ok(Response::new(oip::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<oip::ServerReadyRequest>,
+    ) -> Result<Response<oip::ServerReadyResponse>, Status> {
+        // Ready when every model has a serving version (Triton's rule).
+        let repository = self.repository.load();
+        let ready = repository
+            .models()
+            .values()
+            .all(|e| e.default_version().is_some());
+        Ok(Response::new(oip::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<oip::ModelReadyRequest>,
+    ) -> Result<Response<oip::ModelReadyResponse>, Status> {
+        let req = request.into_inner();
+        let version = parse_version(&req.version)?;
+        let repository = self.repository.load();
+        if !repository.models().contains_key(&req.name) {
+            return Err(Status::not_found(format!("model `{}` not found", req.name)));
+        }
+        let ready = repository.resolve(&req.name, version, "").is_ok();
+        Ok(Response::new(oip::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<oip::ServerMetadataRequest>,
+    ) -> Result<Response<oip::ServerMetadataResponse>, Status> {
+        Ok(Response::new(oip::ServerMetadataResponse {
+            name: "segscore".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["model_repository".into()],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<oip::ModelMetadataRequest>,
+    ) -> Result<Response<oip::ModelMetadataResponse>, Status> {
+        let req = request.into_inner();
+        let version = parse_version(&req.version)?;
+        let repository = self.repository.load();
+        let model = repository
+            .resolve(&req.name, version, "")
+            .map_err(ApiError::from)?;
+        let versions = repository.models()[&req.name]
+            .versions
+            .iter()
+            .filter(|(_, s)| matches!(s, crate::repository::VersionStatus::Serving(_)))
+            .map(|(v, _)| v.to_string())
+            .collect();
+        let platform = match model.manifest.format {
+            Format::Onnx => "onnxruntime_onnx",
+            Format::Smartcore => "smartcore",
+        };
+        use oip::model_metadata_response::TensorMetadata;
+        Ok(Response::new(oip::ModelMetadataResponse {
+            name: req.name,
+            versions,
+            platform: platform.into(),
+            inputs: vec![TensorMetadata {
+                name: INPUT.into(),
+                datatype: "FP32".into(),
+                shape: vec![-1, model.schema.len() as i64],
+            }],
+            outputs: vec![TensorMetadata {
+                name: OUTPUT.into(),
+                datatype: "FP32".into(),
+                shape: vec![-1],
+            }],
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<oip::ModelInferRequest>,
+    ) -> Result<Response<oip::ModelInferResponse>, Status> {
+        let deadline = grpc_deadline(request.metadata());
+        Ok(Response::new(
+            self.infer(request.into_inner(), deadline).await?,
+        ))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<oip::RepositoryModelLoadRequest>,
+    ) -> Result<Response<oip::RepositoryModelLoadResponse>, Status> {
+        let name = request.into_inner().model_name;
+        let current = self.repository.load_full();
+        let target = name.clone();
+        // Loading validates golden sets and builds sessions: keep it off the
+        // async threads so scoring latency does not move.
+        let next = tokio::task::spawn_blocking(move || current.with_model_reloaded(&target))
+            .await
+            .map_err(|e| Status::internal(format!("reload task: {e}")))?
+            .map_err(|e| Status::internal(format!("reading the repository: {e}")))?
+            .map_err(ApiError::from)?;
+        let serving = next.models()[&name].default_version().map(|m| m.version());
+        self.repository.store(std::sync::Arc::new(next));
+        self.publish_health().await;
+        info!(model = %name, ?serving, "model reloaded from the repository");
+        match serving {
+            Some(_) => Ok(Response::new(oip::RepositoryModelLoadResponse {})),
+            None => Err(Status::failed_precondition(format!(
+                "model `{name}` was reloaded but no version passed validation (see ListModels)"
+            ))),
+        }
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<oip::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<oip::RepositoryModelUnloadResponse>, Status> {
+        let name = request.into_inner().model_name;
+        let next = self
+            .repository
+            .load()
+            .without_model(&name)
+            .map_err(ApiError::from)?;
+        self.repository.store(std::sync::Arc::new(next));
+        self.health
+            .set_service_status(&name, ServingStatus::NotServing)
+            .await;
+        info!(model = %name, "model unloaded");
+        Ok(Response::new(oip::RepositoryModelUnloadResponse {}))
+    }
+}
