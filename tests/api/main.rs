@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod cli;
+mod inference;
 mod repository;
 mod scoring;
 mod shutdown;
