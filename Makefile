@@ -32,6 +32,9 @@ run: build
 test: venv lint
 	$(VENV)/bin/python -m pytest training/tests -q
 	$(CARGO) test --release --locked
+	# An unmodified standard client (tritonclient) against the release binary.
+	$(CARGO) build --release --locked
+	SEGSCORE_BIN=$(BIN) $(VENV)/bin/python -m pytest tests/oip -q
 
 lint:
 	$(CARGO) fmt --check
