@@ -32,8 +32,8 @@ run: build
 test: venv lint
 	$(VENV)/bin/python -m pytest training/tests -q
 	$(CARGO) test --release --locked
-	# An unmodified standard client (tritonclient) against the release binary.
-	$(CARGO) build --release --locked
+	# An unmodified standard client (tritonclient) against the release binary
+	# that `cargo test --release` just built.
 	SEGSCORE_BIN=$(BIN) $(VENV)/bin/python -m pytest tests/oip -q
 
 lint:

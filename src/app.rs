@@ -10,15 +10,20 @@ use tracing::info;
 
 use crate::{
     api::{
-        inference::{publish_health, InferenceService},
+        admin::AdminService,
+        inference::{health_task, InferenceService},
         oip::grpc_inference_service_server::GrpcInferenceServiceServer,
+        pb::model_admin_server::ModelAdminServer,
         pb::scoring_server::ScoringServer,
         scoring::{Limits, ScoringService},
         FILE_DESCRIPTOR_SET,
     },
     config::ServeArgs,
     engine::onnx,
-    repository::{Repository, SharedRepository},
+    repository::{
+        lifecycle::{watch_task, Lifecycle},
+        Repository, SharedRepository,
+    },
 };
 
 /// A loaded repository and a bound listener, ready to serve.
@@ -82,10 +87,20 @@ impl Application {
         // grpc.health.v1: one entry per model name plus "" for the server;
         // NOT_SERVING for a model until one of its versions passed validation.
         let (health, health_service) = tonic_health::server::health_reporter();
-        publish_health(&health, &self.repository.load()).await;
+        let lifecycle = Lifecycle::new(self.repository.clone());
+        // Background tasks stop with the server (aborted below), so a stopped
+        // server frees its models and worker threads.
+        let mut background = vec![tokio::spawn(health_task(lifecycle.clone(), health.clone()))];
+        if let Some(interval) = self.config.watch_interval() {
+            background.push(tokio::spawn(watch_task(
+                lifecycle.clone(),
+                self.config.models.clone(),
+                interval,
+            )));
+        }
+        let admin = ModelAdminServer::new(AdminService::new(lifecycle.clone()));
         let inference = GrpcInferenceServiceServer::new(InferenceService::new(
-            self.repository.clone(),
-            health.clone(),
+            lifecycle.clone(),
             self.config.max_rows_per_request,
         ))
         .max_decoding_message_size(max)
@@ -115,6 +130,7 @@ impl Application {
         let server = tonic::transport::Server::builder()
             .add_service(scoring)
             .add_service(inference)
+            .add_service(admin)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -135,6 +151,9 @@ impl Application {
             } => {
                 tracing::warn!(?timeout, "in-flight requests did not finish in time; exiting");
             }
+        }
+        for task in background {
+            task.abort();
         }
         info!("stopped");
         Ok(())

@@ -133,6 +133,11 @@ pub struct ServeArgs {
     /// ScoreStream chunks scored concurrently per stream.
     #[arg(long, env = "SEGSCORE_STREAM_IN_FLIGHT", default_value_t = 4)]
     pub stream_in_flight: usize,
+    /// How often the model directory is rescanned for new, changed or removed
+    /// versions and labels, in milliseconds (file events also trigger a
+    /// rescan at once); 0 turns watching off.
+    #[arg(long, env = "SEGSCORE_WATCH_INTERVAL_MS", default_value_t = 2000)]
+    pub watch_interval_ms: u64,
     /// Seconds to wait for in-flight requests at shutdown before exiting.
     #[arg(long, env = "SEGSCORE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -159,6 +164,10 @@ impl ServeArgs {
             serve: ServeArgs,
         }
         Wrapper::parse_from(["segscore"]).serve
+    }
+
+    pub fn watch_interval(&self) -> Option<Duration> {
+        (self.watch_interval_ms > 0).then(|| Duration::from_millis(self.watch_interval_ms))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use crate::{
     engine::ScoreError,
     features::{BatchError, FeatureError},
-    repository::ResolveError,
+    repository::{lifecycle::LifecycleCommandError, LifecycleError, ResolveError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum ApiError {
     UnknownSegment(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    Lifecycle(#[from] LifecycleCommandError),
     #[error("model `{model}` version {version}: {source}")]
     Score {
         model: String,
@@ -49,6 +51,20 @@ impl From<ApiError> for Status {
                 Code::InvalidArgument
             }
             ApiError::Resolve(_) | ApiError::UnknownSegment(_) => Code::NotFound,
+            ApiError::Lifecycle(e) => match e {
+                LifecycleCommandError::Resolve(_)
+                | LifecycleCommandError::Lifecycle(LifecycleError::UnknownModel(_)) => {
+                    Code::NotFound
+                }
+                LifecycleCommandError::Lifecycle(LifecycleError::BadLabel(_)) => {
+                    Code::InvalidArgument
+                }
+                LifecycleCommandError::Lifecycle(
+                    LifecycleError::NotServing { .. } | LifecycleError::NothingToRollBackTo { .. },
+                ) => Code::FailedPrecondition,
+                LifecycleCommandError::Lifecycle(LifecycleError::Io { .. })
+                | LifecycleCommandError::Internal(_) => Code::Internal,
+            },
             ApiError::Score { source, .. } => match source {
                 ScoreError::QueueFull { .. } => Code::ResourceExhausted,
                 ScoreError::Stopped => Code::Unavailable,

@@ -129,6 +129,7 @@ pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
                 version,
                 state: state.into(),
                 reason,
+                labels: entry.labels_of(version),
                 ..Default::default()
             };
             if let Some(m) = manifest {
@@ -145,5 +146,8 @@ pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
         name: name.into(),
         default_version: entry.default_version().map_or(0, |m| m.version()),
         versions,
+        labels: entry.labels.clone().into_iter().collect(),
+        loads_succeeded: entry.loads_succeeded,
+        loads_failed: entry.loads_failed,
     }
 }

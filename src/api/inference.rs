@@ -10,7 +10,10 @@
 //! [`FeatureBatch`] and go through the same validation, imputation and batcher
 //! as `Score`.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use tonic::{Request, Response, Status};
 use tonic_health::{server::HealthReporter, ServingStatus};
@@ -20,7 +23,7 @@ use super::{oip, scoring::grpc_deadline};
 use crate::{
     error::ApiError,
     features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema},
-    repository::{Format, Repository, SharedRepository},
+    repository::{lifecycle::Lifecycle, Format, SharedRepository},
 };
 
 /// The single output every model exposes over OIP.
@@ -31,19 +34,15 @@ const INPUT: &str = "features";
 #[derive(Clone)]
 pub struct InferenceService {
     repository: SharedRepository,
-    health: HealthReporter,
+    lifecycle: Arc<Lifecycle>,
     max_rows_per_request: usize,
 }
 
 impl InferenceService {
-    pub fn new(
-        repository: SharedRepository,
-        health: HealthReporter,
-        max_rows_per_request: usize,
-    ) -> Self {
+    pub fn new(lifecycle: Arc<Lifecycle>, max_rows_per_request: usize) -> Self {
         Self {
-            repository,
-            health,
+            repository: lifecycle.repository().clone(),
+            lifecycle,
             max_rows_per_request,
         }
     }
@@ -111,26 +110,37 @@ impl InferenceService {
             raw_output_contents,
         })
     }
-
-    /// Publishes each model's health (SERVING when it has a serving version)
-    /// and the overall status.
-    pub async fn publish_health(&self) {
-        publish_health(&self.health, &self.repository.load()).await;
-    }
 }
 
-/// Sets grpc.health.v1 statuses from the repository: one entry per model
-/// name, plus "" (the whole server).
-pub async fn publish_health(health: &HealthReporter, repository: &Repository) {
-    for (name, entry) in repository.models() {
-        let status = if entry.default_version().is_some() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        health.set_service_status(name, status).await;
+/// Keeps grpc.health.v1 in step with the repository: one entry per model name
+/// (SERVING when it has a serving version, NOT_SERVING otherwise or once
+/// removed) plus "" for the server. Runs until the lifecycle goes away.
+pub async fn health_task(lifecycle: Arc<Lifecycle>, health: HealthReporter) {
+    let mut changes = lifecycle.subscribe();
+    let mut published: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let repository = lifecycle.repository().load_full();
+        let mut now = BTreeSet::new();
+        for (name, entry) in repository.models() {
+            let status = if entry.default_version().is_some() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(name, status).await;
+            now.insert(name.clone());
+        }
+        for gone in published.difference(&now) {
+            health
+                .set_service_status(gone, ServingStatus::NotServing)
+                .await;
+        }
+        published = now;
+        health.set_service_status("", ServingStatus::Serving).await;
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
-    health.set_service_status("", ServingStatus::Serving).await;
 }
 
 fn parse_version(version: &str) -> Result<u64, ApiError> {
@@ -534,18 +544,16 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         request: Request<oip::RepositoryModelLoadRequest>,
     ) -> Result<Response<oip::RepositoryModelLoadResponse>, Status> {
         let name = request.into_inner().model_name;
-        let current = self.repository.load_full();
-        let target = name.clone();
-        // Loading validates golden sets and builds sessions: keep it off the
-        // async threads so scoring latency does not move.
-        let next = tokio::task::spawn_blocking(move || current.with_model_reloaded(&target))
+        self.lifecycle
+            .reload_model(name.clone())
             .await
-            .map_err(|e| Status::internal(format!("reload task: {e}")))?
-            .map_err(|e| Status::internal(format!("reading the repository: {e}")))?
             .map_err(ApiError::from)?;
-        let serving = next.models()[&name].default_version().map(|m| m.version());
-        self.repository.store(std::sync::Arc::new(next));
-        self.publish_health().await;
+        let repository = self.repository.load();
+        let serving = repository
+            .models()
+            .get(&name)
+            .and_then(|e| e.default_version())
+            .map(|m| m.version());
         info!(model = %name, ?serving, "model reloaded from the repository");
         match serving {
             Some(_) => Ok(Response::new(oip::RepositoryModelLoadResponse {})),
@@ -560,16 +568,10 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         request: Request<oip::RepositoryModelUnloadRequest>,
     ) -> Result<Response<oip::RepositoryModelUnloadResponse>, Status> {
         let name = request.into_inner().model_name;
-        let next = self
-            .repository
-            .load()
-            .without_model(&name)
+        self.lifecycle
+            .unload_model(name)
+            .await
             .map_err(ApiError::from)?;
-        self.repository.store(std::sync::Arc::new(next));
-        self.health
-            .set_service_status(&name, ServingStatus::NotServing)
-            .await;
-        info!(model = %name, "model unloaded");
         Ok(Response::new(oip::RepositoryModelUnloadResponse {}))
     }
 }

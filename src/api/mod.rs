@@ -1,6 +1,7 @@
 //! gRPC services. [`convert`] parses protobuf messages into domain types at the
 //! edge; [`scoring`] implements segscore.v1.
 
+pub mod admin;
 pub mod convert;
 pub mod inference;
 pub mod scoring;

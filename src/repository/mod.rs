@@ -2,11 +2,12 @@
 //! version validated (see [`load`]) and either serving or failed with a reason
 //! that ListModels shows. A failed version never takes down its neighbours.
 
+pub mod lifecycle;
 pub mod load;
 pub mod manifest;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -32,16 +33,68 @@ pub enum VersionStatus {
 #[derive(Default, Clone)]
 pub struct ModelEntry {
     pub versions: BTreeMap<u64, VersionStatus>,
+    /// Each version directory's file listing when it was loaded: any change
+    /// triggers a reload.
+    fingerprints: BTreeMap<u64, String>,
+    /// From models/<name>/labels.toml.
+    pub labels: BTreeMap<String, u64>,
+    pub loads_succeeded: u64,
+    pub loads_failed: u64,
 }
 
+/// The label that picks the default version.
+pub const DEFAULT_LABEL: &str = "stable";
+/// Per-model labels file, beside the version directories.
+pub const LABELS_FILE: &str = "labels.toml";
+
 impl ModelEntry {
-    /// The version a request that pins none gets: the highest serving one.
+    /// The version a request that pins none gets: the `stable` label if it
+    /// points at a serving version, else the highest serving one.
     pub fn default_version(&self) -> Option<&Arc<LoadedModel>> {
-        self.versions.values().rev().find_map(|v| match v {
-            VersionStatus::Serving(m) => Some(m),
-            VersionStatus::Failed { .. } => None,
-        })
+        self.labels
+            .get(DEFAULT_LABEL)
+            .and_then(|v| self.serving(*v))
+            .or_else(|| {
+                self.versions.values().rev().find_map(|v| match v {
+                    VersionStatus::Serving(m) => Some(m),
+                    VersionStatus::Failed { .. } => None,
+                })
+            })
     }
+
+    pub fn serving(&self, version: u64) -> Option<&Arc<LoadedModel>> {
+        match self.versions.get(&version) {
+            Some(VersionStatus::Serving(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Labels pointing at `version`, for ListModels.
+    pub fn labels_of(&self, version: u64) -> Vec<String> {
+        self.labels
+            .iter()
+            .filter(|(_, v)| **v == version)
+            .map(|(l, _)| l.clone())
+            .collect()
+    }
+}
+
+/// Why a lifecycle command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("model `{0}` not found")]
+    UnknownModel(String),
+    #[error("model `{name}` version {version} is not serving, so no label can point at it")]
+    NotServing { name: String, version: u64 },
+    #[error("model `{name}` has no serving version older than {current} to roll back to")]
+    NothingToRollBackTo { name: String, current: u64 },
+    #[error("label `{0}` is not a valid name (letters, digits, `_`, `-`)")]
+    BadLabel(String),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Why a model reference does not resolve to a serving version.
@@ -71,6 +124,9 @@ pub struct Repository {
     root: PathBuf,
     config: EngineConfig,
     models: BTreeMap<String, ModelEntry>,
+    /// Models unloaded on request: the watcher leaves them out until an
+    /// explicit load brings them back.
+    unloaded: BTreeSet<String>,
 }
 
 /// The repository as the services see it: swapped atomically on reloads.
@@ -80,15 +136,78 @@ impl Repository {
     /// Scans `root` and loads every version that has a manifest. Only an
     /// unreadable root is an error; bad versions are recorded as failed.
     pub fn load(root: &Path, config: &EngineConfig) -> std::io::Result<Self> {
-        let mut models = BTreeMap::new();
-        for (name, versions) in scan(root)? {
-            models.insert(name.clone(), load_entry(&name, versions, config));
-        }
-        Ok(Self {
+        let empty = Self {
             root: root.to_path_buf(),
             config: config.clone(),
-            models,
-        })
+            models: BTreeMap::new(),
+            unloaded: BTreeSet::new(),
+        };
+        Ok(empty.reconcile()?.unwrap_or_else(|| {
+            // Nothing found: an empty repository is valid (models may arrive).
+            Self {
+                root: root.to_path_buf(),
+                config: config.clone(),
+                models: BTreeMap::new(),
+                unloaded: BTreeSet::new(),
+            }
+        }))
+    }
+
+    /// Brings the repository in line with the directory: loads new or
+    /// rewritten versions (only complete ones: the manifest is written last),
+    /// drops removed ones (they drain: in-flight requests hold them), re-reads
+    /// labels. Returns the new repository, or None if nothing changed.
+    /// Blocking (validation runs models): call it off the async threads.
+    pub fn reconcile(&self) -> std::io::Result<Option<Self>> {
+        let found = scan(&self.root)?;
+        let mut next = self.clone();
+        let mut changed = false;
+        for (name, versions) in &found {
+            if self.unloaded.contains(name) {
+                continue;
+            }
+            let entry = next.models.entry(name.clone()).or_default();
+            for (&version, dir) in versions {
+                let fingerprint = directory_fingerprint(dir);
+                if entry.fingerprints.get(&version) == Some(&fingerprint) {
+                    continue;
+                }
+                changed = true;
+                load_version_into(entry, name, version, dir, &self.config);
+                entry.fingerprints.insert(version, fingerprint);
+            }
+            let gone: Vec<u64> = entry
+                .versions
+                .keys()
+                .filter(|v| !versions.contains_key(v))
+                .copied()
+                .collect();
+            for version in gone {
+                changed = true;
+                entry.versions.remove(&version);
+                entry.fingerprints.remove(&version);
+                info!(model = %name, version, "model version removed: draining in-flight requests");
+            }
+            let labels = read_labels(&self.root.join(name).join(LABELS_FILE), name)
+                .unwrap_or_else(|| entry.labels.clone());
+            if labels != entry.labels {
+                changed = true;
+                info!(model = %name, ?labels, "labels changed");
+                entry.labels = labels;
+            }
+        }
+        let removed: Vec<String> = next
+            .models
+            .keys()
+            .filter(|n| !found.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in removed {
+            changed = true;
+            next.models.remove(&name);
+            info!(model = %name, "model removed from the repository");
+        }
+        Ok(changed.then_some(next))
     }
 
     /// A copy of this repository with `name` loaded afresh from disk (every
@@ -99,19 +218,93 @@ impl Repository {
             return Ok(Err(ResolveError::UnknownModel(name.into())));
         };
         let mut next = self.clone();
-        next.models
-            .insert(name.into(), load_entry(name, versions, &self.config));
+        next.unloaded.remove(name);
+        let mut entry = ModelEntry {
+            labels: read_labels(&self.root.join(name).join(LABELS_FILE), name).unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some(old) = self.models.get(name) {
+            entry.loads_succeeded = old.loads_succeeded;
+            entry.loads_failed = old.loads_failed;
+        }
+        for (version, dir) in versions {
+            let fingerprint = directory_fingerprint(&dir);
+            load_version_into(&mut entry, name, version, &dir, &self.config);
+            entry.fingerprints.insert(version, fingerprint);
+        }
+        next.models.insert(name.into(), entry);
         Ok(Ok(next))
     }
 
     /// A copy of this repository without `name`; its versions drain and stop
-    /// once in-flight requests finish.
+    /// once in-flight requests finish, and the watcher leaves it out.
     pub fn without_model(&self, name: &str) -> Result<Self, ResolveError> {
         let mut next = self.clone();
         next.models
             .remove(name)
             .ok_or_else(|| ResolveError::UnknownModel(name.into()))?;
+        next.unloaded.insert(name.into());
+        info!(model = %name, "model unloaded");
         Ok(next)
+    }
+
+    /// Points `label` at a serving `version`, persisting labels.toml (written
+    /// to a temp file and renamed, so the watcher never reads half a file).
+    pub fn with_label(
+        &self,
+        name: &str,
+        label: &str,
+        version: u64,
+    ) -> Result<Self, LifecycleError> {
+        if label.is_empty()
+            || !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(LifecycleError::BadLabel(label.into()));
+        }
+        let entry = self
+            .models
+            .get(name)
+            .ok_or_else(|| LifecycleError::UnknownModel(name.into()))?;
+        if entry.serving(version).is_none() {
+            return Err(LifecycleError::NotServing {
+                name: name.into(),
+                version,
+            });
+        }
+        let mut labels = entry.labels.clone();
+        labels.insert(label.into(), version);
+        write_labels(&self.root.join(name).join(LABELS_FILE), &labels)?;
+        let mut next = self.clone();
+        next.models
+            .get_mut(name)
+            .expect("checked above; this is a bug")
+            .labels = labels;
+        info!(model = %name, label, version, "label set");
+        Ok(next)
+    }
+
+    /// Points `stable` at the highest serving version below the current
+    /// default. Returns (from, to, repository).
+    pub fn rolled_back(&self, name: &str) -> Result<(u64, u64, Self), LifecycleError> {
+        let entry = self
+            .models
+            .get(name)
+            .ok_or_else(|| LifecycleError::UnknownModel(name.into()))?;
+        let current = entry.default_version().map_or(0, |m| m.version());
+        let previous = entry
+            .versions
+            .range(..current)
+            .rev()
+            .find_map(|(v, s)| matches!(s, VersionStatus::Serving(_)).then_some(*v))
+            .ok_or(LifecycleError::NothingToRollBackTo {
+                name: name.into(),
+                current,
+            })?;
+        let next = self.with_label(name, DEFAULT_LABEL, previous)?;
+        info!(model = %name, from = current, to = previous, "rolled back");
+        Ok((current, previous, next))
     }
 
     pub fn root(&self) -> &Path {
@@ -134,12 +327,14 @@ impl Repository {
             .get(name)
             .ok_or_else(|| ResolveError::UnknownModel(name.into()))?;
         if !label.is_empty() {
-            // Labels (models/<name>/labels.toml) come with the lifecycle work;
-            // until then no label exists, and saying so beats ignoring it.
-            return Err(ResolveError::UnknownLabel {
-                name: name.into(),
-                label: label.into(),
-            });
+            let version = *entry
+                .labels
+                .get(label)
+                .ok_or_else(|| ResolveError::UnknownLabel {
+                    name: name.into(),
+                    label: label.into(),
+                })?;
+            return self.resolve(name, version, "");
         }
         if version == 0 {
             return entry
@@ -171,29 +366,91 @@ impl Repository {
     }
 }
 
-/// Loads every version of one model, recording failures with their reason.
-fn load_entry(name: &str, versions: BTreeMap<u64, PathBuf>, config: &EngineConfig) -> ModelEntry {
-    let mut entry = ModelEntry::default();
-    for (version, dir) in versions {
-        let status = match load::load(&dir, config) {
-            Ok(model) => {
-                info!(
-                    model = %name, version, format = model.manifest.format.as_str(),
-                    golden_rows = model.golden.rows, golden_max_abs_diff = model.golden.max_abs_diff,
-                    "model version serving"
-                );
-                VersionStatus::Serving(model)
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                warn!(model = %name, version, %reason, "model version refused");
-                let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).ok().map(Box::new);
-                VersionStatus::Failed { reason, manifest }
-            }
-        };
-        entry.versions.insert(version, status);
+/// Validates one version and records the outcome (and a log line) in `entry`.
+fn load_version_into(
+    entry: &mut ModelEntry,
+    name: &str,
+    version: u64,
+    dir: &Path,
+    config: &EngineConfig,
+) {
+    let status = match load::load(dir, config) {
+        Ok(model) => {
+            entry.loads_succeeded += 1;
+            info!(
+                model = %name, version, format = model.manifest.format.as_str(),
+                golden_rows = model.golden.rows, golden_max_abs_diff = model.golden.max_abs_diff,
+                "model version serving"
+            );
+            VersionStatus::Serving(model)
+        }
+        Err(e) => {
+            entry.loads_failed += 1;
+            let reason = e.to_string();
+            warn!(model = %name, version, %reason, "model version refused");
+            let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).ok().map(Box::new);
+            VersionStatus::Failed { reason, manifest }
+        }
+    };
+    entry.versions.insert(version, status);
+}
+
+/// What a version directory looks like now: every file's name, size and
+/// modification time. A version whose files change after it was loaded (a
+/// copy that wrote the manifest before the model, a replaced file) is loaded
+/// again on the next scan.
+fn directory_fingerprint(dir: &Path) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let modified = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_nanos();
+            Some(format!(
+                "{}:{}:{modified}",
+                e.file_name().to_string_lossy(),
+                meta.len()
+            ))
+        })
+        .collect();
+    files.sort();
+    files.join("|")
+}
+
+/// Reads labels.toml (`label = version` lines). None when the file is
+/// unreadable or malformed: the caller keeps the labels it had, so a
+/// half-edited file never changes routing.
+fn read_labels(path: &Path, name: &str) -> Option<BTreeMap<String, u64>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(BTreeMap::new()),
+        Err(_) => return None,
+    };
+    let parsed: Result<BTreeMap<String, u64>, _> = toml::from_str(&text);
+    match parsed {
+        Ok(labels) => Some(labels),
+        Err(e) => {
+            warn!(model = %name, error = %e, "ignoring malformed labels.toml");
+            None
+        }
     }
-    entry
+}
+
+fn write_labels(path: &Path, labels: &BTreeMap<String, u64>) -> Result<(), LifecycleError> {
+    let io = |source| LifecycleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = toml::to_string(labels).expect("a map of integers serializes; this is a bug");
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Lists `root/<name>/<version>/` directories that hold a manifest. Other

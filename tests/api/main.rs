@@ -7,6 +7,7 @@ mod helpers;
 mod bad_input;
 mod cli;
 mod inference;
+mod lifecycle;
 mod repository;
 mod scoring;
 mod shutdown;
