@@ -191,6 +191,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<BinaryMetrics> {
             file: "golden.csv".into(),
             tolerance: 1e-5,
         },
+        breaking_change: false,
         card,
     };
     // Written last: its presence is what makes the directory a candidate.

@@ -29,6 +29,11 @@ pub struct Manifest {
     /// Input columns in the model's order.
     pub features: Vec<FeatureSpec>,
     pub golden: GoldenSpec,
+    /// Allows this version to change the feature contract incompatibly
+    /// (see [`Manifest::incompatibility_with`]); off by default so a retrained
+    /// model cannot silently break the callers of the previous version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub breaking_change: bool,
     /// Free-form model card for people (data, metrics, intended use).
     #[serde(default)]
     pub card: toml::Table,
@@ -78,6 +83,36 @@ pub struct GoldenSpec {
 }
 
 impl Manifest {
+    /// Why requests that work for `previous` could fail with this version,
+    /// if they could: a new feature that rejects missing values, a changed
+    /// dtype, or a category that disappeared.
+    pub fn incompatibility_with(&self, previous: &Manifest) -> Option<String> {
+        use crate::features::MissingPolicy;
+        for feature in &self.features {
+            match previous.features.iter().find(|p| p.name == feature.name) {
+                None if feature.missing == MissingPolicy::Reject => {
+                    return Some(format!(
+                        "new feature `{}` is required (missing = \"reject\") but version {} did not take it",
+                        feature.name, previous.version
+                    ))
+                }
+                None => {}
+                Some(p) if p.dtype != feature.dtype => {
+                    return Some(format!(
+                        "feature `{}` changes dtype from {} to {}",
+                        feature.name, p.dtype, feature.dtype
+                    ))
+                }
+                Some(p) => {
+                    if let Some(gone) = p.categories.iter().find(|c| !feature.categories.contains(c)) {
+                        return Some(format!("feature `{}` drops category `{gone}`", feature.name));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;

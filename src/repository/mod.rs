@@ -374,7 +374,29 @@ fn load_version_into(
     dir: &Path,
     config: &EngineConfig,
 ) {
-    let status = match load::load(dir, config) {
+    let previous = entry
+        .versions
+        .range(..version)
+        .rev()
+        .find_map(|(_, s)| match s {
+            VersionStatus::Serving(m) => Some(m.manifest.clone()),
+            VersionStatus::Failed { .. } => None,
+        });
+    let breaking = Manifest::read(&dir.join(MANIFEST_FILE)).ok().and_then(|m| {
+        let previous = previous.as_ref()?;
+        let why = m.incompatibility_with(previous)?;
+        (!m.breaking_change).then(|| {
+            format!(
+                "breaking change against version {}: {why} (set `breaking_change = true` in the manifest to allow it)",
+                previous.version
+            )
+        })
+    });
+    let loaded = match breaking {
+        Some(reason) => Err(reason),
+        None => load::load(dir, config).map_err(|e| e.to_string()),
+    };
+    let status = match loaded {
         Ok(model) => {
             entry.loads_succeeded += 1;
             info!(
@@ -384,9 +406,8 @@ fn load_version_into(
             );
             VersionStatus::Serving(model)
         }
-        Err(e) => {
+        Err(reason) => {
             entry.loads_failed += 1;
-            let reason = e.to_string();
             warn!(model = %name, version, %reason, "model version refused");
             let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).ok().map(Box::new);
             VersionStatus::Failed { reason, manifest }

@@ -335,3 +335,35 @@ async fn labels_pin_versions_and_set_label_persists_them() {
     drop(admin);
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaking_feature_change_needs_the_manifest_to_say_so() {
+    let dir = copy_models();
+    let root = dir.path().to_path_buf();
+    let app = spawn_app_with(&root, |a| a.watch_interval_ms = 100).await;
+    let ltv = latest_version("ltv");
+    // Same model, but `frequency` now declared f32: a dtype change that
+    // callers of the previous version did not sign up for.
+    let retype = |m: &mut String| {
+        let at = m.find("name = \"frequency\"").unwrap();
+        let dtype = at + m[at..].find("dtype = \"i64\"").unwrap();
+        m.replace_range(dtype..dtype + "dtype = \"i64\"".len(), "dtype = \"f32\"");
+    };
+    drop_in(&root, "ltv", ltv, ltv + 1, retype);
+    wait_until(&app, "breaking version refused", |m| {
+        state_of(m, "ltv", ltv + 1)
+            .is_some_and(|(_, r)| r.contains("breaking change") && r.contains("frequency"))
+    })
+    .await;
+    assert_eq!(default_of(&models(&app).await, "ltv"), ltv);
+    drop_in(&root, "ltv", ltv, ltv + 2, |m| {
+        retype(m);
+        // Top-level key: before the first table of the manifest.
+        *m = m.replacen("[[features]]", "breaking_change = true\n\n[[features]]", 1);
+    });
+    wait_until(&app, "declared breaking version serves", |m| {
+        default_of(m, "ltv") == ltv + 2
+    })
+    .await;
+    app.stop().await.unwrap();
+}
