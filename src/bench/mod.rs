@@ -28,7 +28,10 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::{
-    api::pb::{self, scoring_client::ScoringClient},
+    api::{
+        oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
+        pb::{self, scoring_client::ScoringClient},
+    },
     engine::{
         onnx::{self, OnnxBackend, OnnxSignature},
         Backend,
@@ -75,6 +78,8 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseResult {
     pub suite: &'static str,
+    /// "score" (segscore.v1), "oip" (ModelInfer) or "ort" (in-process).
+    pub protocol: &'static str,
     pub model: String,
     pub rows_per_call: usize,
     pub concurrency: usize,
@@ -122,29 +127,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
         .find(|(m, _)| m.name == args.service_model)
         .with_context(|| format!("--service-model {}: no such ONNX model", args.service_model))?;
     let base = load_request_matrix(&args.input, manifest)?;
+    let encoded = load_rows(&args.input, manifest)?;
     for batching in [true, false] {
         let server = Server::start(&args, workers, batching)?;
         let row_sizes: &[usize] = if batching { &args.service_rows } else { &[1] };
-        for &rows in row_sizes {
-            for &concurrency in &args.concurrency {
-                let mut r =
-                    service_case(&args, &server, manifest, &base, rows, concurrency).await?;
-                r.batching = Some(batching);
-                r.suite = if batching {
-                    "service"
-                } else {
-                    "service_batching_off"
-                };
-                r.ratio_to_in_process = results
-                    .iter()
-                    .find(|a| {
-                        a.suite == "in_process"
-                            && a.model == manifest.name
-                            && a.rows_per_call == rows
-                    })
-                    .map(|a| r.rows_per_second / a.rows_per_second);
-                emit(&r);
-                results.push(r);
+        // OIP ModelInfer next to Score, with batching on.
+        let protocols: &[&'static str] = if batching {
+            &["score", "oip"]
+        } else {
+            &["score"]
+        };
+        for &protocol in protocols {
+            for &rows in row_sizes {
+                for &concurrency in &args.concurrency {
+                    let case = ServiceCase {
+                        rows,
+                        concurrency,
+                        protocol,
+                    };
+                    let mut r =
+                        service_case(&args, &server, manifest, &base, &encoded, case).await?;
+                    r.batching = Some(batching);
+                    r.suite = if batching {
+                        "service"
+                    } else {
+                        "service_batching_off"
+                    };
+                    r.ratio_to_in_process = results
+                        .iter()
+                        .find(|a| {
+                            a.suite == "in_process"
+                                && a.model == manifest.name
+                                && a.rows_per_call == rows
+                        })
+                        .map(|a| r.rows_per_second / a.rows_per_second);
+                    emit(&r);
+                    results.push(r);
+                }
             }
         }
         server.stop()?;
@@ -280,6 +299,7 @@ fn summarize(
     let secs = elapsed.as_secs_f64().max(1e-9);
     CaseResult {
         suite,
+        protocol: "ort",
         model: model.into(),
         rows_per_call: rows,
         concurrency,
@@ -413,14 +433,38 @@ fn request_rows(base: &pb::FeatureMatrix, rows: usize) -> pb::FeatureMatrix {
     }
 }
 
+/// What one service case sends.
+#[derive(Clone, Copy)]
+struct ServiceCase {
+    rows: usize,
+    concurrency: usize,
+    /// "score" or "oip".
+    protocol: &'static str,
+}
+
+/// One prepared call of the load generator.
+#[derive(Clone)]
+enum Call {
+    /// segscore.v1 Score with named typed columns.
+    Score(pb::ScoreRequest),
+    /// OIP ModelInfer with the FP32 matrix as raw little-endian bytes (what
+    /// tritonclient sends).
+    Infer(oip::ModelInferRequest),
+}
+
 async fn service_case(
     args: &BenchArgs,
     server: &Server,
     manifest: &Manifest,
     base: &pb::FeatureMatrix,
-    rows: usize,
-    concurrency: usize,
+    encoded: &Array2<f32>,
+    case: ServiceCase,
 ) -> anyhow::Result<CaseResult> {
+    let ServiceCase {
+        rows,
+        concurrency,
+        protocol,
+    } = case;
     let mut channels = Vec::new();
     for _ in 0..args.connections.clamp(1, concurrency) {
         channels.push(
@@ -430,35 +474,61 @@ async fn service_case(
                 .with_context(|| format!("connecting to {}", server.addr))?,
         );
     }
-    let request = pb::ScoreRequest {
-        features: Some(request_rows(base, rows)),
-        models: vec![pb::ModelRef {
-            name: manifest.name.clone(),
-            version: manifest.version,
-            label: String::new(),
-        }],
-        ..Default::default()
+    let call = if protocol == "oip" {
+        let matrix = tile(encoded, rows);
+        Call::Infer(oip::ModelInferRequest {
+            model_name: manifest.name.clone(),
+            model_version: manifest.version.to_string(),
+            inputs: vec![oip::model_infer_request::InferInputTensor {
+                name: "features".into(),
+                datatype: "FP32".into(),
+                shape: vec![rows as i64, matrix.ncols() as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![matrix.iter().flat_map(|v| v.to_le_bytes()).collect()],
+            ..Default::default()
+        })
+    } else {
+        Call::Score(pb::ScoreRequest {
+            features: Some(request_rows(base, rows)),
+            models: vec![pb::ModelRef {
+                name: manifest.name.clone(),
+                version: manifest.version,
+                label: String::new(),
+            }],
+            ..Default::default()
+        })
     };
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
-            let mut client = ScoringClient::new(channels[i % channels.len()].clone())
+            let channel = channels[i % channels.len()].clone();
+            let mut score = ScoringClient::new(channel.clone())
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
-            let request = request.clone();
+            let mut infer = GrpcInferenceServiceClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            let call = call.clone();
             let (stop, measuring) = (stop.clone(), measuring.clone());
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let ok = match client.score(request.clone()).await {
-                        Ok(r) => r
-                            .into_inner()
-                            .models
-                            .first()
-                            .is_some_and(|m| m.scores.len() == rows),
-                        Err(_) => false,
+                    let ok = match &call {
+                        Call::Score(req) => score.score(req.clone()).await.is_ok_and(|r| {
+                            r.into_inner()
+                                .models
+                                .first()
+                                .is_some_and(|m| m.scores.len() == rows)
+                        }),
+                        Call::Infer(req) => infer.model_infer(req.clone()).await.is_ok_and(|r| {
+                            r.into_inner()
+                                .raw_output_contents
+                                .first()
+                                .is_some_and(|b| b.len() == rows * 4)
+                        }),
                     };
                     if measuring.load(Ordering::Relaxed) {
                         samples.push((t.elapsed(), ok));
@@ -488,6 +558,7 @@ async fn service_case(
         elapsed,
     );
     r.server_rss_mib = server.rss_mib();
+    r.protocol = protocol;
     Ok(r)
 }
 
@@ -535,7 +606,10 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
             r.model, r.rows_per_call, r.rows_per_second, r.calls_per_second, r.p50_ms, r.p99_ms
         )?;
     }
-    writeln!(md, "\n## (b, c) Service over loopback gRPC (`Score`)\n")?;
+    writeln!(
+        md,
+        "\n## (b, c) Service over loopback gRPC (`Score` and OIP `ModelInfer`)\n"
+    )?;
     writeln!(
         md,
         "| model | batching | rows/req | concurrency | req/s | rows/s | × in-process | p50 ms | p90 ms | p99 ms | max ms | errors | server RSS MiB |"
@@ -547,8 +621,9 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
     for r in results.iter().filter(|r| r.suite != "in_process") {
         writeln!(
             md,
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
             r.model,
+            if r.protocol == "oip" { "ModelInfer" } else { "Score" },
             if r.batching == Some(true) {
                 "on"
             } else {
@@ -568,9 +643,9 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
             r.server_rss_mib.map_or("-".into(), |x| format!("{x:.0}")),
         )?;
     }
-    let on = results
-        .iter()
-        .find(|r| r.suite == "service" && r.rows_per_call == 1 && r.concurrency == 64);
+    let on = results.iter().find(|r| {
+        r.suite == "service" && r.protocol == "score" && r.rows_per_call == 1 && r.concurrency == 64
+    });
     let off = results
         .iter()
         .find(|r| r.suite == "service_batching_off" && r.concurrency == 64);
