@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use crate::{
     engine::ScoreError,
     features::{BatchError, FeatureError},
-    repository::{lifecycle::LifecycleCommandError, LifecycleError, ResolveError},
+    repository::{lifecycle::LifecycleCommandError, LifecycleError, LoadedModel, ResolveError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,26 @@ pub enum ApiError {
         version: u64,
         source: ScoreError,
     },
+}
+
+impl ApiError {
+    /// A feature error, tagged with the model version it concerns.
+    pub fn feature(model: &LoadedModel, source: FeatureError) -> Self {
+        ApiError::Feature {
+            model: model.name().into(),
+            version: model.version(),
+            source,
+        }
+    }
+
+    /// A scoring error, tagged with the model version it concerns.
+    pub fn score(model: &LoadedModel, source: ScoreError) -> Self {
+        ApiError::Score {
+            model: model.name().into(),
+            version: model.version(),
+            source,
+        }
+    }
 }
 
 impl From<ApiError> for Status {

@@ -73,19 +73,13 @@ impl InferenceService {
             self.max_rows_per_request,
         )?;
         let rows = batch.rows();
-        let chunks = model.encode(&batch).map_err(|source| ApiError::Feature {
-            model: model.name().into(),
-            version: model.version(),
-            source,
-        })?;
+        let chunks = model
+            .encode(&batch)
+            .map_err(|e| ApiError::feature(&model, e))?;
         let scores = model
             .run(chunks, deadline)
             .await
-            .map_err(|source| ApiError::Score {
-                model: model.name().into(),
-                version: model.version(),
-                source,
-            })?;
+            .map_err(|e| ApiError::score(&model, e))?;
         let mut output = oip::model_infer_response::InferOutputTensor {
             name: OUTPUT.into(),
             datatype: "FP32".into(),

@@ -88,22 +88,16 @@ impl ScoringService {
                 model_ref.version,
                 &model_ref.label,
             )?;
-            let chunks = model.encode(&batch).map_err(|source| ApiError::Feature {
-                model: model.name().into(),
-                version: model.version(),
-                source,
-            })?;
+            let chunks = model
+                .encode(&batch)
+                .map_err(|e| ApiError::feature(&model, e))?;
             planned.push((model, chunks));
         }
         let runs = planned.into_iter().map(|(model, chunks)| async move {
             let scores = model
                 .run(chunks, deadline)
                 .await
-                .map_err(|source| ApiError::Score {
-                    model: model.name().into(),
-                    version: model.version(),
-                    source,
-                })?;
+                .map_err(|e| ApiError::score(&model, e))?;
             Ok::<_, ApiError>(pb::ModelScores {
                 name: model.name().into(),
                 version: model.version(),
