@@ -629,11 +629,9 @@ impl ColumnBuilder {
             } else {
                 cell.parse().map_err(|_| "a number")?
             }),
-            ColumnValues::I64(v) => v.push(if blank {
-                0
-            } else {
-                cell.parse().map_err(|_| "an integer")?
-            }),
+            ColumnValues::I64(_) => {
+                unreachable!("new() builds i64 features as f64 columns; this is a bug")
+            }
             ColumnValues::Bool(v) => v.push(match cell {
                 "" => false,
                 "true" | "True" | "TRUE" | "1" => true,

@@ -9,6 +9,25 @@ use crate::{
     repository::{ModelEntry, Task, VersionStatus},
 };
 
+impl pb::FeatureColumn {
+    /// Number of values, whichever typed array holds them.
+    pub fn len(&self) -> usize {
+        use pb::feature_column::Values;
+        match &self.values {
+            Some(Values::F32(v)) => v.values.len(),
+            Some(Values::F64(v)) => v.values.len(),
+            Some(Values::I64(v)) => v.values.len(),
+            Some(Values::Bool(v)) => v.values.len(),
+            Some(Values::Category(v)) => v.values.len(),
+            None => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl TryFrom<pb::FeatureColumn> for (String, Column) {
     type Error = ApiError;
 

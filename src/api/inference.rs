@@ -33,7 +33,6 @@ const INPUT: &str = "features";
 
 #[derive(Clone)]
 pub struct InferenceService {
-    repository: SharedRepository,
     lifecycle: Arc<Lifecycle>,
     max_rows_per_request: usize,
 }
@@ -41,10 +40,13 @@ pub struct InferenceService {
 impl InferenceService {
     pub fn new(lifecycle: Arc<Lifecycle>, max_rows_per_request: usize) -> Self {
         Self {
-            repository: lifecycle.repository().clone(),
             lifecycle,
             max_rows_per_request,
         }
+    }
+
+    fn repository(&self) -> &SharedRepository {
+        self.lifecycle.repository()
     }
 
     async fn infer(
@@ -54,7 +56,7 @@ impl InferenceService {
     ) -> Result<oip::ModelInferResponse, ApiError> {
         let version = parse_version(&req.model_version)?;
         let model = self
-            .repository
+            .repository()
             .load()
             .resolve(&req.model_name, version, "")?;
         for out in &req.outputs {
@@ -146,27 +148,6 @@ fn parse_version(version: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// An input tensor's values, typed by its datatype.
-enum Values {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    I64(Vec<i64>),
-    Bool(Vec<bool>),
-    Bytes(Vec<String>),
-}
-
-impl Values {
-    fn len(&self) -> usize {
-        match self {
-            Values::F32(v) => v.len(),
-            Values::F64(v) => v.len(),
-            Values::I64(v) => v.len(),
-            Values::Bool(v) => v.len(),
-            Values::Bytes(v) => v.len(),
-        }
-    }
-}
-
 fn bad(tensor: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::InvalidArgument(format!("input tensor `{tensor}`: {message}"))
 }
@@ -175,7 +156,7 @@ fn bad(tensor: &str, message: impl std::fmt::Display) -> ApiError {
 fn tensor_values(
     input: &oip::model_infer_request::InferInputTensor,
     raw: Option<&[u8]>,
-) -> Result<Values, ApiError> {
+) -> Result<ColumnValues, ApiError> {
     let name = &input.name;
     fn chunks<const N: usize, T>(
         name: &str,
@@ -198,20 +179,22 @@ fn tensor_values(
     }
     let contents = input.contents.clone().unwrap_or_default();
     Ok(match (input.datatype.as_str(), raw) {
-        ("FP32", Some(r)) => Values::F32(chunks(name, r, f32::from_le_bytes)?),
-        ("FP32", None) => Values::F32(contents.fp32_contents),
-        ("FP64", Some(r)) => Values::F64(chunks(name, r, f64::from_le_bytes)?),
-        ("FP64", None) => Values::F64(contents.fp64_contents),
-        ("INT64", Some(r)) => Values::I64(chunks(name, r, i64::from_le_bytes)?),
-        ("INT64", None) => Values::I64(contents.int64_contents),
-        ("INT32", Some(r)) => Values::I64(chunks(name, r, |b: [u8; 4]| {
+        ("FP32", Some(r)) => ColumnValues::F32(chunks(name, r, f32::from_le_bytes)?),
+        ("FP32", None) => ColumnValues::F32(contents.fp32_contents),
+        ("FP64", Some(r)) => ColumnValues::F64(chunks(name, r, f64::from_le_bytes)?),
+        ("FP64", None) => ColumnValues::F64(contents.fp64_contents),
+        ("INT64", Some(r)) => ColumnValues::I64(chunks(name, r, i64::from_le_bytes)?),
+        ("INT64", None) => ColumnValues::I64(contents.int64_contents),
+        ("INT32", Some(r)) => ColumnValues::I64(chunks(name, r, |b: [u8; 4]| {
             i64::from(i32::from_le_bytes(b))
         })?),
-        ("INT32", None) => Values::I64(contents.int_contents.into_iter().map(i64::from).collect()),
-        ("BOOL", Some(r)) => Values::Bool(r.iter().map(|b| *b != 0).collect()),
-        ("BOOL", None) => Values::Bool(contents.bool_contents),
-        ("BYTES", Some(r)) => Values::Bytes(raw_strings(name, r)?),
-        ("BYTES", None) => Values::Bytes(
+        ("INT32", None) => {
+            ColumnValues::I64(contents.int_contents.into_iter().map(i64::from).collect())
+        }
+        ("BOOL", Some(r)) => ColumnValues::Bool(r.iter().map(|b| *b != 0).collect()),
+        ("BOOL", None) => ColumnValues::Bool(contents.bool_contents),
+        ("BYTES", Some(r)) => ColumnValues::Category(raw_strings(name, r)?),
+        ("BYTES", None) => ColumnValues::Category(
             contents
                 .bytes_contents
                 .into_iter()
@@ -339,14 +322,14 @@ fn tensors_to_batch(
                 ));
             }
             let values = match (spec.dtype, values) {
-                (DType::Category, Values::Bytes(v)) => ColumnValues::Category(v),
-                (_, Values::Bytes(_)) => {
+                (DType::Category, v @ ColumnValues::Category(_)) => v,
+                (_, ColumnValues::Category(_)) => {
                     return Err(bad(
                         &input.name,
                         format!("BYTES data for a {} feature", spec.dtype),
                     ))
                 }
-                (_, v) => numeric(v),
+                (_, v) => v,
             };
             columns.push((input.name.clone(), Column::new(values)));
         }
@@ -355,33 +338,25 @@ fn tensors_to_batch(
     Ok(FeatureBatch::new(0, columns)?)
 }
 
-fn numeric(values: Values) -> ColumnValues {
-    match values {
-        Values::F32(v) => ColumnValues::F32(v),
-        Values::F64(v) => ColumnValues::F64(v),
-        Values::I64(v) => ColumnValues::I64(v),
-        Values::Bool(v) => ColumnValues::Bool(v),
-        Values::Bytes(v) => ColumnValues::Category(v),
-    }
-}
-
 /// Splits a row-major `[rows, features]` tensor into one column per feature.
 /// Category columns carry codes here (the model's encoding); they are mapped
 /// back to their names so encode() validates them like any other request.
 fn matrix_columns(
     schema: &FeatureSchema,
     name: &str,
-    values: Values,
+    values: ColumnValues,
 ) -> Result<Vec<(String, Column)>, ApiError> {
     let width = schema.len();
     let pick =
         |v: &[f64], j: usize| -> Vec<f64> { v.iter().skip(j).step_by(width).copied().collect() };
     let as_f64: Vec<f64> = match &values {
-        Values::F32(v) => v.iter().map(|x| f64::from(*x)).collect(),
-        Values::F64(v) => v.clone(),
-        Values::I64(v) => v.iter().map(|x| *x as f64).collect(),
-        Values::Bool(v) => v.iter().map(|x| if *x { 1.0 } else { 0.0 }).collect(),
-        Values::Bytes(_) => return Err(bad(name, "a BYTES matrix cannot hold numeric features")),
+        ColumnValues::F32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+        ColumnValues::F64(v) => v.clone(),
+        ColumnValues::I64(v) => v.iter().map(|x| *x as f64).collect(),
+        ColumnValues::Bool(v) => v.iter().map(|x| if *x { 1.0 } else { 0.0 }).collect(),
+        ColumnValues::Category(_) => {
+            return Err(bad(name, "a BYTES matrix cannot hold numeric features"))
+        }
     };
     let mut columns = Vec::with_capacity(width);
     for (j, spec) in schema.specs().enumerate() {
@@ -452,7 +427,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         _: Request<oip::ServerReadyRequest>,
     ) -> Result<Response<oip::ServerReadyResponse>, Status> {
         // Ready when every model has a serving version (Triton's rule).
-        let repository = self.repository.load();
+        let repository = self.repository().load();
         let ready = repository
             .models()
             .values()
@@ -466,7 +441,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
     ) -> Result<Response<oip::ModelReadyResponse>, Status> {
         let req = request.into_inner();
         let version = parse_version(&req.version)?;
-        let repository = self.repository.load();
+        let repository = self.repository().load();
         if !repository.models().contains_key(&req.name) {
             return Err(Status::not_found(format!("model `{}` not found", req.name)));
         }
@@ -491,7 +466,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
     ) -> Result<Response<oip::ModelMetadataResponse>, Status> {
         let req = request.into_inner();
         let version = parse_version(&req.version)?;
-        let repository = self.repository.load();
+        let repository = self.repository().load();
         let model = repository
             .resolve(&req.name, version, "")
             .map_err(ApiError::from)?;
@@ -542,7 +517,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
             .reload_model(name.clone())
             .await
             .map_err(ApiError::from)?;
-        let repository = self.repository.load();
+        let repository = self.repository().load();
         let serving = repository
             .models()
             .get(&name)

@@ -56,9 +56,10 @@ impl ScoringService {
         let matrix = req
             .features
             .ok_or_else(|| ApiError::InvalidArgument("the request has no `features`".into()))?;
-        let declared = matrix.columns.first().map_or(matrix.rows as usize, |c| {
-            column_len(c).max(matrix.rows as usize)
-        });
+        let declared = matrix
+            .columns
+            .first()
+            .map_or(matrix.rows as usize, |c| c.len().max(matrix.rows as usize));
         let limit = self.limits.max_rows_per_request;
         if declared > limit {
             return Err(BatchError::TooManyRows {
@@ -136,18 +137,6 @@ pub(crate) fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<I
         _ => return None,
     };
     Some(Instant::now() + timeout)
-}
-
-fn column_len(col: &pb::FeatureColumn) -> usize {
-    use pb::feature_column::Values;
-    match &col.values {
-        Some(Values::F32(v)) => v.values.len(),
-        Some(Values::F64(v)) => v.values.len(),
-        Some(Values::I64(v)) => v.values.len(),
-        Some(Values::Bool(v)) => v.values.len(),
-        Some(Values::Category(v)) => v.values.len(),
-        None => 0,
-    }
 }
 
 type ScoreStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::ScoreResponse, Status>> + Send>>;

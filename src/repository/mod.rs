@@ -142,15 +142,11 @@ impl Repository {
             models: BTreeMap::new(),
             unloaded: BTreeSet::new(),
         };
-        Ok(empty.reconcile()?.unwrap_or_else(|| {
-            // Nothing found: an empty repository is valid (models may arrive).
-            Self {
-                root: root.to_path_buf(),
-                config: config.clone(),
-                models: BTreeMap::new(),
-                unloaded: BTreeSet::new(),
-            }
-        }))
+        // Nothing found leaves it empty, which is valid: models may arrive.
+        Ok(match empty.reconcile()? {
+            Some(loaded) => loaded,
+            None => empty,
+        })
     }
 
     /// Brings the repository in line with the directory: loads new or

@@ -112,14 +112,7 @@ fn repeat(m: &pb::FeatureMatrix, times: usize) -> pb::FeatureMatrix {
         .columns
         .iter()
         .map(|c| {
-            let n = match &c.values {
-                Some(Values::F32(v)) => v.values.len(),
-                Some(Values::F64(v)) => v.values.len(),
-                Some(Values::I64(v)) => v.values.len(),
-                Some(Values::Bool(v)) => v.values.len(),
-                Some(Values::Category(v)) => v.values.len(),
-                None => 0,
-            };
+            let n = c.len();
             let values = c.values.clone().map(|v| match v {
                 Values::F32(v) => Values::F32(pb::FloatValues {
                     values: v.values.repeat(times),
