@@ -89,6 +89,17 @@ pub struct EngineArgs {
     /// only what queued while the workers were busy, adding no latency.
     #[arg(long, env = "SEGSCORE_MAX_QUEUE_DELAY_US", default_value_t = 0)]
     pub max_queue_delay_us: u64,
+    /// Validation gate: the longest a warm-up batch of 1,024 rows may take on
+    /// one worker (best of three runs) before the version is refused. A
+    /// manifest's `[golden] latency_budget_ms` takes precedence.
+    #[arg(long, env = "SEGSCORE_LATENCY_BUDGET_MS", default_value_t = 250.0)]
+    pub latency_budget_ms: f64,
+    /// Serving versions older than the default kept loaded per model for
+    /// instant rollback; older ones are unloaded (RETIRED) and reloaded from
+    /// disk if a label or a rollback points at them again. Labelled versions
+    /// and versions newer than the default always stay loaded.
+    #[arg(long, env = "SEGSCORE_KEEP_VERSIONS", default_value_t = 2)]
+    pub keep_versions: usize,
 }
 
 impl EngineArgs {
@@ -104,6 +115,8 @@ impl EngineArgs {
                 batching: self.batching,
             },
             ort_dylib_path: self.ort_dylib_path.clone(),
+            latency_budget: Duration::from_secs_f64(self.latency_budget_ms.max(0.0) / 1000.0),
+            keep_versions: self.keep_versions,
         }
     }
 }

@@ -80,7 +80,9 @@ impl From<ApiError> for Status {
                     Code::InvalidArgument
                 }
                 LifecycleCommandError::Lifecycle(
-                    LifecycleError::NotServing { .. } | LifecycleError::NothingToRollBackTo { .. },
+                    LifecycleError::NotServing { .. }
+                    | LifecycleError::NothingToRollBackTo { .. }
+                    | LifecycleError::Reload { .. },
                 ) => Code::FailedPrecondition,
                 LifecycleCommandError::Lifecycle(LifecycleError::Io { .. })
                 | LifecycleCommandError::Internal(_) => Code::Internal,

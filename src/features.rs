@@ -247,6 +247,15 @@ impl FeatureSchema {
         batch: &FeatureBatch,
         rows: Range<usize>,
     ) -> Result<Array2<f32>, FeatureError> {
+        self.encode_rows(batch, rows)
+    }
+
+    /// Like [`encode`](Self::encode) for any row selection (a canary's share of
+    /// a request); errors name the row's index in `batch`.
+    pub fn encode_rows<I>(&self, batch: &FeatureBatch, rows: I) -> Result<Array2<f32>, FeatureError>
+    where
+        I: ExactSizeIterator<Item = usize> + Clone,
+    {
         let width = self.features.len();
         let n = rows.len();
         let mut out = vec![0f32; n * width];
@@ -257,7 +266,6 @@ impl FeatureSchema {
                 out: &mut out,
                 width,
                 col: j,
-                start: rows.start,
             };
             match column {
                 None => match feature.impute {
@@ -284,7 +292,6 @@ struct Sink<'a> {
     out: &'a mut [f32],
     width: usize,
     col: usize,
-    start: usize,
 }
 
 impl Sink<'_> {
@@ -300,16 +307,17 @@ impl Sink<'_> {
         }
     }
 
+    /// `at` is the output row, `row` the row's index in the batch (for errors).
     #[inline]
-    fn put(&mut self, row: usize, value: f32) {
-        self.out[(row - self.start) * self.width + self.col] = value;
+    fn put(&mut self, at: usize, value: f32) {
+        self.out[at * self.width + self.col] = value;
     }
 
     #[inline]
-    fn missing(&mut self, row: usize) -> Result<(), FeatureError> {
+    fn missing(&mut self, at: usize, row: usize) -> Result<(), FeatureError> {
         match self.feature.impute {
             Some(v) => {
-                self.put(row, v);
+                self.put(at, v);
                 Ok(())
             }
             None => Err(FeatureError::MissingValue {
@@ -320,9 +328,9 @@ impl Sink<'_> {
     }
 
     #[inline]
-    fn number(&mut self, row: usize, value: f64) -> Result<(), FeatureError> {
+    fn number(&mut self, at: usize, row: usize, value: f64) -> Result<(), FeatureError> {
         if value.is_nan() {
-            return self.missing(row);
+            return self.missing(at, row);
         }
         let spec = &self.feature.spec;
         let min = spec.min.unwrap_or(f64::NEG_INFINITY);
@@ -341,59 +349,63 @@ impl Sink<'_> {
                 row,
             });
         }
-        self.put(row, value as f32);
+        self.put(at, value as f32);
         Ok(())
     }
 
-    fn fill(&mut self, column: &Column, rows: Range<usize>) -> Result<(), FeatureError> {
+    fn fill(
+        &mut self,
+        column: &Column,
+        rows: impl Iterator<Item = usize>,
+    ) -> Result<(), FeatureError> {
         let dtype = self.feature.spec.dtype;
         let numeric = matches!(dtype, DType::F32 | DType::F64 | DType::I64);
         match &column.values {
             ColumnValues::F32(v) if numeric => {
-                for r in rows {
+                for (at, r) in rows.enumerate() {
                     if column.is_missing(r) {
-                        self.missing(r)?
+                        self.missing(at, r)?
                     } else {
-                        self.number(r, f64::from(v[r]))?
+                        self.number(at, r, f64::from(v[r]))?
                     }
                 }
             }
             ColumnValues::F64(v) if numeric => {
-                for r in rows {
+                for (at, r) in rows.enumerate() {
                     if column.is_missing(r) {
-                        self.missing(r)?
+                        self.missing(at, r)?
                     } else {
-                        self.number(r, v[r])?
+                        self.number(at, r, v[r])?
                     }
                 }
             }
             ColumnValues::I64(v) if numeric => {
-                for r in rows {
+                for (at, r) in rows.enumerate() {
                     if column.is_missing(r) {
-                        self.missing(r)?
+                        self.missing(at, r)?
                     } else {
-                        self.number(r, v[r] as f64)?
+                        self.number(at, r, v[r] as f64)?
                     }
                 }
             }
             ColumnValues::Bool(v) if dtype == DType::Bool => {
-                for r in rows {
+                for (at, r) in rows.enumerate() {
                     if column.is_missing(r) {
-                        self.missing(r)?
+                        self.missing(at, r)?
                     } else {
-                        self.put(r, if v[r] { 1.0 } else { 0.0 })
+                        self.put(at, if v[r] { 1.0 } else { 0.0 })
                     }
                 }
             }
             ColumnValues::Category(v) if dtype == DType::Category => {
                 let categories = &self.feature.spec.categories;
-                for r in rows {
+                for (at, r) in rows.enumerate() {
                     if column.is_missing(r) {
-                        self.missing(r)?;
+                        self.missing(at, r)?;
                         continue;
                     }
                     match categories.iter().position(|c| *c == v[r]) {
-                        Some(code) => self.put(r, code as f32),
+                        Some(code) => self.put(at, code as f32),
                         None => {
                             return Err(FeatureError::UnknownCategory {
                                 feature: self.name(),

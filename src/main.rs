@@ -1,13 +1,13 @@
 //! The `segscore` binary: parse the command line, set up logging, run the
 //! subcommand, and turn its outcome into an exit code.
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use segscore::{
     app::{shutdown_signal, Application},
     bench, bulk,
     config::{self, Command, ModelsCommand},
-    repository::{self, load},
+    repository::{self, load, Manifest},
     telemetry, train,
 };
 
@@ -70,46 +70,101 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Validates one version directory, or every version under a repository root.
-fn validate(dir: &std::path::Path, engine: &repository::EngineConfig) -> anyhow::Result<()> {
-    let targets: Vec<std::path::PathBuf> = if dir.join(repository::MANIFEST_FILE).is_file() {
-        vec![dir.to_path_buf()]
-    } else {
-        repository::scan(dir)?
-            .into_values()
-            .flat_map(|versions| versions.into_values())
-            .collect()
+/// Validates one version directory, or every version under a repository root,
+/// through the server's gate: each version is checked for breaking changes
+/// against the previous version of its model that passes.
+fn validate(dir: &Path, engine: &repository::EngineConfig) -> anyhow::Result<()> {
+    let no_phase = |_| {};
+    let check = |target: &Path, previous: Option<&Manifest>| {
+        let options = load::ValidateOptions {
+            backends: 1,
+            previous,
+            on_phase: &no_phase,
+        };
+        load::validate(target, engine, &options)
     };
-    if targets.is_empty() {
-        anyhow::bail!(
-            "{}: no model version (no {} found)",
-            dir.display(),
-            repository::MANIFEST_FILE
-        );
-    }
+    let mut checked = 0;
     let mut failed = 0;
-    for target in &targets {
-        match load::validate(target, engine, 1) {
+    let mut report = |target: &Path, result: &Validation, previous: Option<u64>| {
+        checked += 1;
+        let against = previous.map_or(String::new(), |v| format!(", compatible with v{v}"));
+        match result {
             Ok(v) => println!(
-                "ok      {} ({} v{}, {}, golden {} rows, max |diff| {:.2e})",
+                "ok      {} ({} v{}, {}, golden {} rows, max |diff| {:.2e}, warm-up {} rows {:.2} ms{against})",
                 target.display(),
                 v.manifest.name,
                 v.manifest.version,
                 v.manifest.format.as_str(),
                 v.golden.rows,
-                v.golden.max_abs_diff
+                v.golden.max_abs_diff,
+                load::WARMUP_ROWS,
+                v.golden.warmup_ms,
             ),
             Err(e) => {
                 failed += 1;
                 println!("FAILED  {}: {e}", target.display());
             }
         }
+    };
+    if dir.join(repository::MANIFEST_FILE).is_file() {
+        let previous = previous_valid_version(dir, &check)?;
+        let result = check(dir, previous.as_ref());
+        report(dir, &result, previous.map(|m| m.version));
+    } else {
+        for versions in repository::scan(dir)?.into_values() {
+            let mut previous: Option<Manifest> = None;
+            for target in versions.into_values() {
+                let result = check(&target, previous.as_ref());
+                report(&target, &result, previous.as_ref().map(|m| m.version));
+                if let Ok(v) = result {
+                    previous = Some(v.manifest);
+                }
+            }
+        }
     }
-    if failed > 0 {
+    if checked == 0 {
         anyhow::bail!(
-            "{failed} of {} model versions failed validation",
-            targets.len()
+            "{}: no model version (no {} found)",
+            dir.display(),
+            repository::MANIFEST_FILE
         );
     }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {checked} model versions failed validation");
+    }
     Ok(())
+}
+
+type Validation = Result<load::Validated, load::LoadError>;
+
+/// The manifest of the highest version below `dir` (a version directory
+/// inside `<root>/<name>/`) that passes validation: what the server would
+/// compare `dir` with.
+fn previous_valid_version(
+    dir: &Path,
+    check: &dyn Fn(&Path, Option<&Manifest>) -> Validation,
+) -> anyhow::Result<Option<Manifest>> {
+    let (Some(model_dir), Some(version)) = (
+        dir.parent(),
+        dir.file_name()
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u64>().ok()),
+    ) else {
+        return Ok(None);
+    };
+    let (Some(root), Some(name)) = (model_dir.parent(), model_dir.file_name()) else {
+        return Ok(None);
+    };
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
+    let siblings = repository::scan(root)?
+        .remove(name.to_string_lossy().as_ref())
+        .unwrap_or_default();
+    Ok(siblings
+        .range(..version)
+        .rev()
+        .find_map(|(_, d)| check(d, None).ok().map(|v| v.manifest)))
 }

@@ -190,6 +190,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<BinaryMetrics> {
         golden: GoldenSpec {
             file: "golden.csv".into(),
             tolerance: 1e-5,
+            latency_budget_ms: None,
         },
         breaking_change: false,
         card,

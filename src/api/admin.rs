@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert::model_info, pb};
+use super::{
+    convert::{model_info, model_infos},
+    pb,
+};
 use crate::{error::ApiError, repository::lifecycle::Lifecycle};
 
 #[derive(Clone)]
@@ -19,8 +22,7 @@ impl AdminService {
     }
 
     fn info(&self, name: &str) -> Option<pb::ModelInfo> {
-        let repository = self.lifecycle.repository().load();
-        repository.models().get(name).map(|e| model_info(name, e))
+        model_info(&self.lifecycle.repository().load(), name)
     }
 }
 
@@ -65,12 +67,7 @@ impl pb::model_admin_server::ModelAdmin for AdminService {
             .reconcile()
             .await
             .map_err(|e| Status::internal(format!("rescanning the model directory: {e}")))?;
-        let repository = self.lifecycle.repository().load();
-        let models = repository
-            .models()
-            .iter()
-            .map(|(n, e)| model_info(n, e))
-            .collect();
+        let models = model_infos(&self.lifecycle.repository().load());
         Ok(Response::new(pb::ReloadResponse { models }))
     }
 }

@@ -2,11 +2,13 @@
 //! an invalid shape (after zero-to-production's `TryFrom` pattern), and domain
 //! state becomes protobuf for responses.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::pb;
 use crate::{
     error::ApiError,
     features::{Column, ColumnValues, FeatureBatch, FeatureSpec, MissingPolicy},
-    repository::{ModelEntry, Task, VersionStatus},
+    repository::{ModelEntry, Phase, Repository, Task, VersionStatus},
 };
 
 impl pb::FeatureColumn {
@@ -128,9 +130,49 @@ impl From<&FeatureSpec> for pb::FeatureSpec {
     }
 }
 
-/// One model's versions as ListModels/GetModel report them.
-pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
-    let versions = entry
+/// Every model ListModels reports: the repository's, plus names that only
+/// have versions in the gate or draining.
+pub fn model_infos(repository: &Repository) -> Vec<pb::ModelInfo> {
+    let tracker = repository.tracker();
+    let mut names: BTreeSet<String> = repository.models().keys().cloned().collect();
+    names.extend(tracker.in_gate().into_iter().map(|(n, _, _)| n));
+    names.extend(tracker.draining().into_iter().map(|(n, _)| n));
+    names
+        .iter()
+        .filter_map(|n| model_info(repository, n))
+        .collect()
+}
+
+/// One model's versions as ListModels/GetModel report them: the snapshot's
+/// versions, those still in the validation gate (LOADING, VALIDATING) and
+/// those that left it but finish in-flight requests (DRAINING).
+pub fn model_info(repository: &Repository, name: &str) -> Option<pb::ModelInfo> {
+    let empty = ModelEntry::default();
+    let tracker = repository.tracker();
+    let entry = repository.models().get(name);
+    let gate: Vec<(u64, pb::VersionState)> = tracker
+        .in_gate()
+        .into_iter()
+        .filter(|(n, _, _)| n == name)
+        .map(|(_, v, phase)| {
+            let state = match phase {
+                Phase::Loading => pb::VersionState::Loading,
+                Phase::Validating => pb::VersionState::Validating,
+            };
+            (v, state)
+        })
+        .collect();
+    let draining: Vec<u64> = tracker
+        .draining()
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .collect();
+    if entry.is_none() && gate.is_empty() && draining.is_empty() {
+        return None;
+    }
+    let entry = entry.unwrap_or(&empty);
+    let mut versions: BTreeMap<u64, pb::ModelVersionInfo> = entry
         .versions
         .iter()
         .map(|(&version, status)| {
@@ -138,6 +180,11 @@ pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
                 VersionStatus::Serving(m) => {
                     (pb::VersionState::Serving, String::new(), Some(&m.manifest))
                 }
+                VersionStatus::Retired { manifest } => (
+                    pb::VersionState::Retired,
+                    String::new(),
+                    Some(manifest.as_ref()),
+                ),
                 VersionStatus::Failed { reason, manifest } => (
                     pb::VersionState::Failed,
                     reason.clone(),
@@ -158,15 +205,39 @@ pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
                 info.features = m.features.iter().map(Into::into).collect();
                 info.card_json = serde_json::to_string(&m.card).unwrap_or_default();
             }
-            info
+            (version, info)
         })
         .collect();
-    pb::ModelInfo {
+    // A version being (re)loaded or draining is reported as such unless the
+    // snapshot serves it (a reload of a serving version keeps serving until
+    // the new copy passes; a replaced copy drains behind the serving one).
+    let transient = gate.into_iter().chain(
+        draining
+            .into_iter()
+            .map(|v| (v, pb::VersionState::Draining)),
+    );
+    for (version, state) in transient {
+        let serving = matches!(
+            entry.versions.get(&version),
+            Some(VersionStatus::Serving(_))
+        );
+        if !serving {
+            let info = versions
+                .entry(version)
+                .or_insert_with(|| pb::ModelVersionInfo {
+                    version,
+                    ..Default::default()
+                });
+            info.state = state.into();
+        }
+    }
+    Some(pb::ModelInfo {
         name: name.into(),
         default_version: entry.default_version().map_or(0, |m| m.version()),
-        versions,
-        labels: entry.labels.clone().into_iter().collect(),
+        versions: versions.into_values().collect(),
+        labels: entry.routing.labels.clone().into_iter().collect(),
         loads_succeeded: entry.loads_succeeded,
         loads_failed: entry.loads_failed,
-    }
+        canary_percent: entry.routing.canary().map_or(0.0, |(_, p)| p),
+    })
 }

@@ -3,18 +3,22 @@
 //! A request is parsed and validated for every requested model before any work
 //! is queued, so a bad request changes nothing and costs no model time.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
+use ndarray::Array2;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info_span, Instrument};
 
-use super::{convert::model_info, pb};
+use super::{
+    convert::{model_info, model_infos},
+    pb,
+};
 use crate::{
     error::ApiError,
     features::{BatchError, FeatureBatch},
-    repository::SharedRepository,
+    repository::{routing, LoadedModel, Route, SharedRepository},
 };
 
 /// Per-request limits that protect the machine.
@@ -84,30 +88,14 @@ impl ScoringService {
                     model_ref.name
                 )));
             }
-            let model = self.repository.load().resolve(
+            let route = self.repository.load().route(
                 &model_ref.name,
                 model_ref.version,
                 &model_ref.label,
             )?;
-            let chunks = model
-                .encode(&batch)
-                .map_err(|e| ApiError::feature(&model, e))?;
-            planned.push((model, chunks));
+            planned.push(Planned::new(route, &batch, &req.entity_ids)?);
         }
-        let runs = planned.into_iter().map(|(model, chunks)| async move {
-            let scores = model
-                .run(chunks, deadline)
-                .await
-                .map_err(|e| ApiError::score(&model, e))?;
-            Ok::<_, ApiError>(pb::ModelScores {
-                name: model.name().into(),
-                version: model.version(),
-                sha256: model.manifest.sha256.clone(),
-                task: pb::Task::from(model.manifest.task).into(),
-                scores,
-                cluster_ids: Vec::new(),
-            })
-        });
+        let runs = planned.into_iter().map(|plan| plan.run(rows, deadline));
         let models = futures::future::try_join_all(runs).await?;
         Ok(pb::ScoreResponse {
             sequence: req.sequence,
@@ -117,6 +105,119 @@ impl ScoringService {
             segments: Vec::new(),
             error: None,
         })
+    }
+}
+
+/// One model's share of a request, encoded and checked before any work is
+/// queued: every row on one version, or split between the default and the
+/// canary version by entity id.
+struct Planned {
+    primary: Arc<LoadedModel>,
+    primary_chunks: Vec<Array2<f32>>,
+    canary: Option<CanaryShare>,
+}
+
+/// The canary version, its rows (ascending) and their encoded chunks.
+struct CanaryShare {
+    model: Arc<LoadedModel>,
+    rows: Vec<usize>,
+    chunks: Vec<Array2<f32>>,
+}
+
+impl Planned {
+    fn new(route: Route, batch: &FeatureBatch, entity_ids: &[String]) -> Result<Self, ApiError> {
+        let primary = route.primary;
+        // Rows without entity ids cannot be assigned stably: no split.
+        let split =
+            route
+                .canary
+                .filter(|_| !entity_ids.is_empty())
+                .and_then(|(canary, percent)| {
+                    let (canary_rows, primary_rows): (Vec<usize>, Vec<usize>) = (0..batch.rows())
+                        .partition(|&r| {
+                            routing::in_canary(primary.name(), &entity_ids[r], percent)
+                        });
+                    (!canary_rows.is_empty()).then_some((canary, canary_rows, primary_rows))
+                });
+        let Some((canary, canary_rows, primary_rows)) = split else {
+            let primary_chunks = primary
+                .encode(batch)
+                .map_err(|e| ApiError::feature(&primary, e))?;
+            return Ok(Self {
+                primary,
+                primary_chunks,
+                canary: None,
+            });
+        };
+        let primary_chunks = primary
+            .encode_rows(batch, &primary_rows)
+            .map_err(|e| ApiError::feature(&primary, e))?;
+        let canary_chunks = canary
+            .encode_rows(batch, &canary_rows)
+            .map_err(|e| ApiError::feature(&canary, e))?;
+        Ok(Self {
+            primary,
+            primary_chunks,
+            canary: Some(CanaryShare {
+                model: canary,
+                rows: canary_rows,
+                chunks: canary_chunks,
+            }),
+        })
+    }
+
+    /// Scores the plan and puts every row's score back at its index.
+    async fn run(
+        self,
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ModelScores, ApiError> {
+        let primary = &self.primary;
+        let primary_run = async {
+            primary
+                .run(self.primary_chunks, deadline)
+                .await
+                .map_err(|e| ApiError::score(primary, e))
+        };
+        let mut out = pb::ModelScores {
+            name: primary.name().into(),
+            version: primary.version(),
+            sha256: primary.manifest.sha256.clone(),
+            task: pb::Task::from(primary.manifest.task).into(),
+            ..Default::default()
+        };
+        let Some(CanaryShare {
+            model: canary,
+            rows: canary_rows,
+            chunks: canary_chunks,
+        }) = self.canary
+        else {
+            out.scores = primary_run.await?;
+            return Ok(out);
+        };
+        let canary_run = async {
+            canary
+                .run(canary_chunks, deadline)
+                .await
+                .map_err(|e| ApiError::score(&canary, e))
+        };
+        let (primary_scores, canary_scores) = futures::try_join!(primary_run, canary_run)?;
+        let mut scores = vec![0f32; rows];
+        let mut from_canary = canary_rows.iter().zip(canary_scores).peekable();
+        let mut from_primary = primary_scores.into_iter();
+        for (row, slot) in scores.iter_mut().enumerate() {
+            *slot = match from_canary.next_if(|(r, _)| **r == row) {
+                Some((_, score)) => score,
+                None => from_primary
+                    .next()
+                    .expect("rows are split between the two versions; this is a bug"),
+            };
+        }
+        out.scores = scores;
+        out.canary_version = canary.version();
+        out.canary_sha256 = canary.manifest.sha256.clone();
+        out.canary_rows = canary_rows.iter().map(|&r| r as u32).collect();
+        Ok(out)
     }
 }
 
@@ -210,13 +311,7 @@ impl pb::scoring_server::Scoring for ScoringService {
         &self,
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self
-            .repository
-            .load()
-            .models()
-            .iter()
-            .map(|(name, entry)| model_info(name, entry))
-            .collect();
+        let models = model_infos(&self.repository.load());
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 
@@ -225,13 +320,8 @@ impl pb::scoring_server::Scoring for ScoringService {
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::GetModelResponse>, Status> {
         let name = request.into_inner().name;
-        let repository = self.repository.load();
-        let entry = repository
-            .models()
-            .get(&name)
+        let model = model_info(&self.repository.load(), &name)
             .ok_or_else(|| Status::not_found(format!("model `{name}` not found")))?;
-        Ok(Response::new(pb::GetModelResponse {
-            model: Some(model_info(&name, entry)),
-        }))
+        Ok(Response::new(pb::GetModelResponse { model: Some(model) }))
     }
 }

@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use ndarray::Array2;
@@ -31,7 +32,16 @@ pub struct EngineConfig {
     /// requests into chunks.
     pub batcher: BatcherConfig,
     pub ort_dylib_path: Option<PathBuf>,
+    /// Validation gate: the longest a warm-up batch may take (see
+    /// [`WARMUP_ROWS`]); a manifest's `latency_budget_ms` overrides it.
+    pub latency_budget: Duration,
+    /// Serving versions older than the default kept loaded per model.
+    pub keep_versions: usize,
 }
+
+/// Rows in the warm-up batch timed against the latency budget: the size of
+/// a typical batch-job request.
+pub const WARMUP_ROWS: usize = 1024;
 
 /// Why a version was refused. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +71,19 @@ pub enum LoadError {
     Backend(#[from] BackendError),
     #[error("golden set: {0}")]
     Golden(String),
+    #[error(
+        "breaking change against version {previous}: {why} (set `breaking_change = true` in the manifest to allow it)"
+    )]
+    Breaking { previous: u64, why: String },
+    #[error(
+        "latency: a warm-up batch of {rows} rows took {took_ms:.1} ms (best of 3), over the budget of {budget_ms:.1} ms ({budget_from})"
+    )]
+    TooSlow {
+        rows: usize,
+        took_ms: f64,
+        budget_ms: f64,
+        budget_from: &'static str,
+    },
     #[error("clustering models are not supported yet")]
     Unsupported,
     #[error("starting workers: {0}")]
@@ -72,6 +95,8 @@ pub enum LoadError {
 pub struct GoldenReport {
     pub rows: usize,
     pub max_abs_diff: f64,
+    /// Best of three timed runs of the warm-up batch, in milliseconds.
+    pub warmup_ms: f64,
 }
 
 /// A version that passed validation, with its workers running.
@@ -103,6 +128,17 @@ impl LoadedModel {
                 self.schema
                     .encode(batch, start..(start + self.max_batch_rows).min(rows))
             })
+            .collect()
+    }
+
+    /// Like [`encode`](Self::encode) for a selection of rows (a canary's share).
+    pub fn encode_rows(
+        &self,
+        batch: &FeatureBatch,
+        rows: &[usize],
+    ) -> Result<Vec<Array2<f32>>, FeatureError> {
+        rows.chunks(self.max_batch_rows)
+            .map(|chunk| self.schema.encode_rows(batch, chunk.iter().copied()))
             .collect()
     }
 
@@ -138,6 +174,14 @@ impl LoadedModel {
     }
 }
 
+impl Drop for LoadedModel {
+    fn drop(&mut self) {
+        // The last request holding this version finished (or it never served):
+        // its workers stop with the batcher.
+        tracing::info!(model = %self.manifest.name, version = self.manifest.version, "model version unloaded");
+    }
+}
+
 /// [`LoadedModel::score`]'s error: bad input or a failed run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadModelScoreError {
@@ -155,14 +199,46 @@ pub struct Validated {
     pub golden: GoldenReport,
 }
 
-/// Runs every check on the version in `dir` and builds `backends` backends.
+/// Where a version is in the validation gate (ListModels shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the manifest and model file, building sessions.
+    Loading,
+    /// Golden set and warm-up batch.
+    Validating,
+}
+
+/// What [`validate`] needs besides the version directory.
+pub struct ValidateOptions<'a> {
+    /// Backends to build (one per worker).
+    pub backends: usize,
+    /// The manifest of the version this one replaces, for the breaking-change
+    /// check; None for a model's first version.
+    pub previous: Option<&'a Manifest>,
+    /// Told when validation moves to the next phase.
+    pub on_phase: &'a dyn Fn(Phase),
+}
+
+/// Runs every check on the version in `dir` and builds the backends: the one
+/// gate shared by the server and `segscore models validate`.
 pub fn validate(
     dir: &Path,
     config: &EngineConfig,
-    backends: usize,
+    options: &ValidateOptions<'_>,
 ) -> Result<Validated, LoadError> {
+    (options.on_phase)(Phase::Loading);
     let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).map_err(LoadError::Manifest)?;
     check_identity(dir, &manifest)?;
+    if let Some(previous) = options.previous {
+        if let Some(why) = manifest.incompatibility_with(previous) {
+            if !manifest.breaking_change {
+                return Err(LoadError::Breaking {
+                    previous: previous.version,
+                    why,
+                });
+            }
+        }
+    }
     let schema = FeatureSchema::new(manifest.features.clone())?;
     if manifest.task == Task::Clustering {
         return Err(LoadError::Unsupported);
@@ -180,22 +256,37 @@ pub fn validate(
             actual,
         });
     }
-    let mut built: Vec<Box<dyn Backend>> = Vec::with_capacity(backends.max(1));
-    for _ in 0..backends.max(1) {
+    let mut built: Vec<Box<dyn Backend>> = Vec::with_capacity(options.backends.max(1));
+    for _ in 0..options.backends.max(1) {
         built.push(build_backend(&manifest, &schema, &bytes, config)?);
     }
-    let golden = check_golden(dir, &manifest, &schema, built[0].as_mut())?;
+    (options.on_phase)(Phase::Validating);
+    let (golden, encoded) = check_golden(dir, &manifest, &schema, built[0].as_mut())?;
+    let warmup_ms = check_latency(&manifest, config, &encoded, built[0].as_mut())?;
     Ok(Validated {
         manifest,
         schema,
         backends: built,
-        golden,
+        golden: GoldenReport {
+            warmup_ms,
+            ..golden
+        },
     })
 }
 
 /// Validates the version in `dir` and starts its workers.
-pub fn load(dir: &Path, config: &EngineConfig) -> Result<Arc<LoadedModel>, LoadError> {
-    let v = validate(dir, config, config.workers)?;
+pub fn load(
+    dir: &Path,
+    config: &EngineConfig,
+    previous: Option<&Manifest>,
+    on_phase: &dyn Fn(Phase),
+) -> Result<Arc<LoadedModel>, LoadError> {
+    let options = ValidateOptions {
+        backends: config.workers,
+        previous,
+        on_phase,
+    };
+    let v = validate(dir, config, &options)?;
     let label = format!("{}-v{}", v.manifest.name, v.manifest.version);
     let batcher = Batcher::spawn(&label, v.backends, config.batcher).map_err(LoadError::Spawn)?;
     Ok(Arc::new(LoadedModel {
@@ -206,6 +297,43 @@ pub fn load(dir: &Path, config: &EngineConfig) -> Result<Arc<LoadedModel>, LoadE
         max_batch_rows: config.batcher.max_batch_rows.max(1),
         batcher,
     }))
+}
+
+/// Times a warm-up batch of [`WARMUP_ROWS`] rows (the golden rows repeated)
+/// and refuses a version slower than its budget: a model that would blow the
+/// serving latency is caught before it takes traffic. Best of three runs
+/// after one untimed run, so a noisy neighbour does not refuse a good model.
+fn check_latency(
+    manifest: &Manifest,
+    config: &EngineConfig,
+    golden: &Array2<f32>,
+    backend: &mut dyn Backend,
+) -> Result<f64, LoadError> {
+    let (budget_ms, budget_from) = match manifest.golden.latency_budget_ms {
+        Some(ms) => (ms, "the manifest's latency_budget_ms"),
+        None => (
+            config.latency_budget.as_secs_f64() * 1000.0,
+            "the server's --latency-budget-ms",
+        ),
+    };
+    let rows: Vec<usize> = (0..WARMUP_ROWS).map(|i| i % golden.nrows()).collect();
+    let batch = golden.select(ndarray::Axis(0), &rows);
+    backend.score(batch.view())?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let started = Instant::now();
+        backend.score(batch.view())?;
+        best = best.min(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    if best > budget_ms {
+        return Err(LoadError::TooSlow {
+            rows: WARMUP_ROWS,
+            took_ms: best,
+            budget_ms,
+            budget_from,
+        });
+    }
+    Ok(best)
 }
 
 fn check_identity(dir: &Path, manifest: &Manifest) -> Result<(), LoadError> {
@@ -305,7 +433,7 @@ fn check_golden(
     manifest: &Manifest,
     schema: &FeatureSchema,
     backend: &mut dyn Backend,
-) -> Result<GoldenReport, LoadError> {
+) -> Result<(GoldenReport, Array2<f32>), LoadError> {
     let golden = |m: String| LoadError::Golden(m);
     let path = dir.join(&manifest.golden.file);
     let (batch, expected) = read_csv_batch(&path, schema, "expected").map_err(golden)?;
@@ -317,6 +445,9 @@ fn check_golden(
                 .map_err(|_| golden(format!("row {i}: `expected` is not a number")))
         })
         .collect::<Result<_, _>>()?;
+    if batch.rows() == 0 {
+        return Err(golden("the golden set has no rows".into()));
+    }
     let input = schema
         .encode(&batch, 0..batch.rows())
         .map_err(|e| golden(format!("{e}")))?;
@@ -343,8 +474,10 @@ fn check_golden(
             )));
         }
     }
-    Ok(GoldenReport {
+    let report = GoldenReport {
         rows: got.len(),
         max_abs_diff,
-    })
+        warmup_ms: 0.0,
+    };
+    Ok((report, input))
 }

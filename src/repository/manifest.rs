@@ -80,6 +80,9 @@ pub struct GoldenSpec {
     /// A score passes when |got - expected| <= tolerance * max(1, |expected|):
     /// absolute for probabilities, relative for large regression values.
     pub tolerance: f64,
+    /// Overrides the server's `--latency-budget-ms` for the warm-up batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_budget_ms: Option<f64>,
 }
 
 impl Manifest {

@@ -5,6 +5,8 @@
 pub mod lifecycle;
 pub mod load;
 pub mod manifest;
+pub mod routing;
+pub mod tracker;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,13 +16,21 @@ use std::{
 
 use tracing::{info, warn};
 
-pub use load::{EngineConfig, LoadError, LoadedModel};
+pub use load::{EngineConfig, LoadError, LoadedModel, Phase};
 pub use manifest::{Format, Manifest, Task, MANIFEST_FILE};
+pub use routing::{Routing, CANARY_LABEL, DEFAULT_LABEL, LABELS_FILE};
+pub use tracker::Tracker;
 
 /// The state of one version directory.
 #[derive(Clone)]
 pub enum VersionStatus {
     Serving(Arc<LoadedModel>),
+    /// Passed validation but unloaded to free its workers: older than the
+    /// `keep_versions` kept for rollback. A label or rollback pointing at it
+    /// loads it again.
+    Retired {
+        manifest: Box<Manifest>,
+    },
     /// Refused, with the reason; the manifest is kept when it parsed, so
     /// GetModel can still show what the version claims to be.
     Failed {
@@ -37,27 +47,31 @@ pub struct ModelEntry {
     /// triggers a reload.
     fingerprints: BTreeMap<u64, String>,
     /// From models/<name>/labels.toml.
-    pub labels: BTreeMap<String, u64>,
+    pub routing: Routing,
     pub loads_succeeded: u64,
     pub loads_failed: u64,
 }
 
-/// The label that picks the default version.
-pub const DEFAULT_LABEL: &str = "stable";
-/// Per-model labels file, beside the version directories.
-pub const LABELS_FILE: &str = "labels.toml";
+/// A model reference resolved for one request: the version to serve and, for
+/// requests that pin nothing while a canary split is on, the canary version
+/// and the percent of entities it takes.
+pub struct Route {
+    pub primary: Arc<LoadedModel>,
+    pub canary: Option<(Arc<LoadedModel>, f64)>,
+}
 
 impl ModelEntry {
     /// The version a request that pins none gets: the `stable` label if it
     /// points at a serving version, else the highest serving one.
     pub fn default_version(&self) -> Option<&Arc<LoadedModel>> {
-        self.labels
+        self.routing
+            .labels
             .get(DEFAULT_LABEL)
             .and_then(|v| self.serving(*v))
             .or_else(|| {
                 self.versions.values().rev().find_map(|v| match v {
                     VersionStatus::Serving(m) => Some(m),
-                    VersionStatus::Failed { .. } => None,
+                    _ => None,
                 })
             })
     }
@@ -71,7 +85,8 @@ impl ModelEntry {
 
     /// Labels pointing at `version`, for ListModels.
     pub fn labels_of(&self, version: u64) -> Vec<String> {
-        self.labels
+        self.routing
+            .labels
             .iter()
             .filter(|(_, v)| **v == version)
             .map(|(l, _)| l.clone())
@@ -86,6 +101,12 @@ pub enum LifecycleError {
     UnknownModel(String),
     #[error("model `{name}` version {version} is not serving, so no label can point at it")]
     NotServing { name: String, version: u64 },
+    #[error("model `{name}` version {version} could not be loaded again: {reason}")]
+    Reload {
+        name: String,
+        version: u64,
+        reason: String,
+    },
     #[error("model `{name}` has no serving version older than {current} to roll back to")]
     NothingToRollBackTo { name: String, current: u64 },
     #[error("label `{0}` is not a valid name (letters, digits, `_`, `-`)")]
@@ -127,6 +148,8 @@ pub struct Repository {
     /// Models unloaded on request: the watcher leaves them out until an
     /// explicit load brings them back.
     unloaded: BTreeSet<String>,
+    /// Gate phases and draining versions, shared by every snapshot.
+    tracker: Arc<Tracker>,
 }
 
 /// The repository as the services see it: swapped atomically on reloads.
@@ -141,6 +164,7 @@ impl Repository {
             config: config.clone(),
             models: BTreeMap::new(),
             unloaded: BTreeSet::new(),
+            tracker: Arc::default(),
         };
         // Nothing found leaves it empty, which is valid: models may arrive.
         Ok(match empty.reconcile()? {
@@ -169,7 +193,7 @@ impl Repository {
                     continue;
                 }
                 changed = true;
-                load_version_into(entry, name, version, dir, &self.config);
+                load_version_into(entry, name, version, dir, &self.config, &self.tracker);
                 entry.fingerprints.insert(version, fingerprint);
             }
             let gone: Vec<u64> = entry
@@ -180,17 +204,20 @@ impl Repository {
                 .collect();
             for version in gone {
                 changed = true;
-                entry.versions.remove(&version);
+                if let Some(VersionStatus::Serving(m)) = entry.versions.remove(&version) {
+                    self.tracker.drain(&m);
+                }
                 entry.fingerprints.remove(&version);
                 info!(model = %name, version, "model version removed: draining in-flight requests");
             }
-            let labels = read_labels(&self.root.join(name).join(LABELS_FILE), name)
-                .unwrap_or_else(|| entry.labels.clone());
-            if labels != entry.labels {
+            let routing = routing::read(&self.root.join(name).join(LABELS_FILE), name)
+                .unwrap_or_else(|| entry.routing.clone());
+            if routing != entry.routing {
                 changed = true;
-                info!(model = %name, ?labels, "labels changed");
-                entry.labels = labels;
+                info!(model = %name, labels = ?routing.labels, canary_percent = ?routing.canary_percent, "labels changed");
+                entry.routing = routing;
             }
+            changed |= retire_old_versions(entry, name, self.config.keep_versions, &self.tracker);
         }
         let removed: Vec<String> = next
             .models
@@ -200,7 +227,9 @@ impl Repository {
             .collect();
         for name in removed {
             changed = true;
-            next.models.remove(&name);
+            if let Some(entry) = next.models.remove(&name) {
+                self.drain_all(&entry);
+            }
             info!(model = %name, "model removed from the repository");
         }
         Ok(changed.then_some(next))
@@ -216,18 +245,21 @@ impl Repository {
         let mut next = self.clone();
         next.unloaded.remove(name);
         let mut entry = ModelEntry {
-            labels: read_labels(&self.root.join(name).join(LABELS_FILE), name).unwrap_or_default(),
+            routing: routing::read(&self.root.join(name).join(LABELS_FILE), name)
+                .unwrap_or_default(),
             ..Default::default()
         };
         if let Some(old) = self.models.get(name) {
             entry.loads_succeeded = old.loads_succeeded;
             entry.loads_failed = old.loads_failed;
+            self.drain_all(old);
         }
         for (version, dir) in versions {
             let fingerprint = directory_fingerprint(&dir);
-            load_version_into(&mut entry, name, version, &dir, &self.config);
+            load_version_into(&mut entry, name, version, &dir, &self.config, &self.tracker);
             entry.fingerprints.insert(version, fingerprint);
         }
+        retire_old_versions(&mut entry, name, self.config.keep_versions, &self.tracker);
         next.models.insert(name.into(), entry);
         Ok(Ok(next))
     }
@@ -236,16 +268,19 @@ impl Repository {
     /// once in-flight requests finish, and the watcher leaves it out.
     pub fn without_model(&self, name: &str) -> Result<Self, ResolveError> {
         let mut next = self.clone();
-        next.models
+        let entry = next
+            .models
             .remove(name)
             .ok_or_else(|| ResolveError::UnknownModel(name.into()))?;
+        self.drain_all(&entry);
         next.unloaded.insert(name.into());
         info!(model = %name, "model unloaded");
         Ok(next)
     }
 
-    /// Points `label` at a serving `version`, persisting labels.toml (written
-    /// to a temp file and renamed, so the watcher never reads half a file).
+    /// Points `label` at `version`, persisting labels.toml (a canary split
+    /// keeps its percent). A retired version is loaded and validated again
+    /// first. Blocking: run it off the async threads.
     pub fn with_label(
         &self,
         name: &str,
@@ -259,30 +294,43 @@ impl Repository {
         {
             return Err(LifecycleError::BadLabel(label.into()));
         }
-        let entry = self
-            .models
-            .get(name)
-            .ok_or_else(|| LifecycleError::UnknownModel(name.into()))?;
-        if entry.serving(version).is_none() {
-            return Err(LifecycleError::NotServing {
-                name: name.into(),
-                version,
-            });
-        }
-        let mut labels = entry.labels.clone();
-        labels.insert(label.into(), version);
-        write_labels(&self.root.join(name).join(LABELS_FILE), &labels)?;
         let mut next = self.clone();
-        next.models
+        let entry = next
+            .models
             .get_mut(name)
-            .expect("checked above; this is a bug")
-            .labels = labels;
+            .ok_or_else(|| LifecycleError::UnknownModel(name.into()))?;
+        match entry.versions.get(&version) {
+            Some(VersionStatus::Serving(_)) => {}
+            Some(VersionStatus::Retired { .. }) => {
+                let dir = self.root.join(name).join(version.to_string());
+                load_version_into(entry, name, version, &dir, &self.config, &self.tracker);
+                if let Some(VersionStatus::Failed { reason, .. }) = entry.versions.get(&version) {
+                    return Err(LifecycleError::Reload {
+                        name: name.into(),
+                        version,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            _ => {
+                return Err(LifecycleError::NotServing {
+                    name: name.into(),
+                    version,
+                })
+            }
+        }
+        let mut routing = entry.routing.clone();
+        routing.labels.insert(label.into(), version);
+        routing::write(&self.root.join(name).join(LABELS_FILE), &routing)?;
+        entry.routing = routing;
+        retire_old_versions(entry, name, self.config.keep_versions, &self.tracker);
         info!(model = %name, label, version, "label set");
         Ok(next)
     }
 
-    /// Points `stable` at the highest serving version below the current
-    /// default. Returns (from, to, repository).
+    /// Points `stable` at the highest valid version below the current
+    /// default (loading it again if it was retired). Returns (from, to,
+    /// repository). Blocking: run it off the async threads.
     pub fn rolled_back(&self, name: &str) -> Result<(u64, u64, Self), LifecycleError> {
         let entry = self
             .models
@@ -293,7 +341,9 @@ impl Repository {
             .versions
             .range(..current)
             .rev()
-            .find_map(|(v, s)| matches!(s, VersionStatus::Serving(_)).then_some(*v))
+            .find_map(|(v, s)| {
+                matches!(s, VersionStatus::Serving(_) | VersionStatus::Retired { .. }).then_some(*v)
+            })
             .ok_or(LifecycleError::NothingToRollBackTo {
                 name: name.into(),
                 current,
@@ -301,6 +351,19 @@ impl Repository {
         let next = self.with_label(name, DEFAULT_LABEL, previous)?;
         info!(model = %name, from = current, to = previous, "rolled back");
         Ok((current, previous, next))
+    }
+
+    /// Marks every loaded version of `entry` as draining (it left the repository).
+    fn drain_all(&self, entry: &ModelEntry) {
+        for status in entry.versions.values() {
+            if let VersionStatus::Serving(m) = status {
+                self.tracker.drain(m);
+            }
+        }
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
     }
 
     pub fn root(&self) -> &Path {
@@ -323,13 +386,15 @@ impl Repository {
             .get(name)
             .ok_or_else(|| ResolveError::UnknownModel(name.into()))?;
         if !label.is_empty() {
-            let version = *entry
-                .labels
-                .get(label)
-                .ok_or_else(|| ResolveError::UnknownLabel {
-                    name: name.into(),
-                    label: label.into(),
-                })?;
+            let version =
+                *entry
+                    .routing
+                    .labels
+                    .get(label)
+                    .ok_or_else(|| ResolveError::UnknownLabel {
+                        name: name.into(),
+                        label: label.into(),
+                    })?;
             return self.resolve(name, version, "");
         }
         if version == 0 {
@@ -345,11 +410,34 @@ impl Repository {
                 version,
                 reason: reason.clone(),
             }),
+            Some(VersionStatus::Retired { .. }) => Err(ResolveError::NotServing {
+                name: name.into(),
+                version,
+                reason: format!(
+                    "retired (older than the {} versions kept loaded; set a label on it or roll back to load it again)",
+                    self.config.keep_versions
+                ),
+            }),
             None => Err(ResolveError::UnknownVersion {
                 name: name.into(),
                 version,
             }),
         }
+    }
+
+    /// Like [`resolve`](Self::resolve), plus the canary split that applies
+    /// to requests pinning neither a version nor a label.
+    pub fn route(&self, name: &str, version: u64, label: &str) -> Result<Route, ResolveError> {
+        let primary = self.resolve(name, version, label)?;
+        let canary = (version == 0 && label.is_empty())
+            .then(|| {
+                let entry = self.models.get(name)?;
+                let (canary_version, percent) = entry.routing.canary()?;
+                let canary = entry.serving(canary_version)?;
+                (canary_version != primary.version()).then(|| (canary.clone(), percent))
+            })
+            .flatten();
+        Ok(Route { primary, canary })
     }
 
     /// Names of the models that have a serving version.
@@ -362,54 +450,82 @@ impl Repository {
     }
 }
 
-/// Validates one version and records the outcome (and a log line) in `entry`.
+/// Validates one version and records the outcome (and a log line) in `entry`;
+/// a version it replaces drains.
 fn load_version_into(
     entry: &mut ModelEntry,
     name: &str,
     version: u64,
     dir: &Path,
     config: &EngineConfig,
+    tracker: &Tracker,
 ) {
+    // The breaking-change check compares with the version this one follows.
     let previous = entry
         .versions
         .range(..version)
         .rev()
         .find_map(|(_, s)| match s {
             VersionStatus::Serving(m) => Some(m.manifest.clone()),
+            VersionStatus::Retired { manifest } => Some((**manifest).clone()),
             VersionStatus::Failed { .. } => None,
         });
-    let breaking = Manifest::read(&dir.join(MANIFEST_FILE)).ok().and_then(|m| {
-        let previous = previous.as_ref()?;
-        let why = m.incompatibility_with(previous)?;
-        (!m.breaking_change).then(|| {
-            format!(
-                "breaking change against version {}: {why} (set `breaking_change = true` in the manifest to allow it)",
-                previous.version
-            )
-        })
-    });
-    let loaded = match breaking {
-        Some(reason) => Err(reason),
-        None => load::load(dir, config).map_err(|e| e.to_string()),
-    };
+    let on_phase = |phase| tracker.set_phase(name, version, Some(phase));
+    let loaded = load::load(dir, config, previous.as_ref(), &on_phase);
+    tracker.set_phase(name, version, None);
     let status = match loaded {
         Ok(model) => {
             entry.loads_succeeded += 1;
             info!(
                 model = %name, version, format = model.manifest.format.as_str(),
                 golden_rows = model.golden.rows, golden_max_abs_diff = model.golden.max_abs_diff,
+                warmup_ms = model.golden.warmup_ms,
                 "model version serving"
             );
             VersionStatus::Serving(model)
         }
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             entry.loads_failed += 1;
             warn!(model = %name, version, %reason, "model version refused");
             let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).ok().map(Box::new);
             VersionStatus::Failed { reason, manifest }
         }
     };
-    entry.versions.insert(version, status);
+    if let Some(VersionStatus::Serving(old)) = entry.versions.insert(version, status) {
+        tracker.drain(&old);
+    }
+}
+
+/// Unloads serving versions older than the default beyond the `keep` most
+/// recent ones, unless a label points at them. Returns true if any was retired.
+fn retire_old_versions(entry: &mut ModelEntry, name: &str, keep: usize, tracker: &Tracker) -> bool {
+    let Some(default) = entry.default_version().map(|m| m.version()) else {
+        return false;
+    };
+    let retire: Vec<u64> = entry
+        .versions
+        .range(..default)
+        .rev()
+        .filter(|(_, s)| matches!(s, VersionStatus::Serving(_)))
+        .map(|(v, _)| *v)
+        .skip(keep)
+        .filter(|v| !entry.routing.labels.values().any(|l| l == v))
+        .collect();
+    for version in &retire {
+        let Some(VersionStatus::Serving(model)) = entry.versions.remove(version) else {
+            continue;
+        };
+        tracker.drain(&model);
+        entry.versions.insert(
+            *version,
+            VersionStatus::Retired {
+                manifest: Box::new(model.manifest.clone()),
+            },
+        );
+        info!(model = %name, version, keep, default, "model version retired: older than the versions kept loaded; unloading once drained");
+    }
+    !retire.is_empty()
 }
 
 /// What a version directory looks like now: every file's name, size and
@@ -438,36 +554,6 @@ fn directory_fingerprint(dir: &Path) -> String {
         .collect();
     files.sort();
     files.join("|")
-}
-
-/// Reads labels.toml (`label = version` lines). None when the file is
-/// unreadable or malformed: the caller keeps the labels it had, so a
-/// half-edited file never changes routing.
-fn read_labels(path: &Path, name: &str) -> Option<BTreeMap<String, u64>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(BTreeMap::new()),
-        Err(_) => return None,
-    };
-    let parsed: Result<BTreeMap<String, u64>, _> = toml::from_str(&text);
-    match parsed {
-        Ok(labels) => Some(labels),
-        Err(e) => {
-            warn!(model = %name, error = %e, "ignoring malformed labels.toml");
-            None
-        }
-    }
-}
-
-fn write_labels(path: &Path, labels: &BTreeMap<String, u64>) -> Result<(), LifecycleError> {
-    let io = |source| LifecycleError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let text = toml::to_string(labels).expect("a map of integers serializes; this is a bug");
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Lists `root/<name>/<version>/` directories that hold a manifest. Other

@@ -367,3 +367,277 @@ async fn a_breaking_feature_change_needs_the_manifest_to_say_so() {
     .await;
     app.stop().await.unwrap();
 }
+
+async fn admin_client(app: &TestApp) -> ModelAdminClient<tonic::transport::Channel> {
+    ModelAdminClient::connect(format!("http://{}", app.addr))
+        .await
+        .unwrap()
+}
+
+/// `n` rows with distinct entity ids.
+fn with_ids(n: usize, models: Vec<pb::ModelRef>) -> pb::ScoreRequest {
+    let mut req = request(matrix(full_rows(n)), models);
+    req.entity_ids = (0..n).map(|i| format!("customer-{i:06}")).collect();
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_a_stable_entity_hashed_share_and_responses_say_so() {
+    let dir = copy_models();
+    let root = dir.path().to_path_buf();
+    let app = spawn_app_with(&root, |a| a.watch_interval_ms = 100).await;
+    let churn = latest_version("churn");
+    assert!(churn >= 2, "the canary test needs two churn versions");
+    fs::write(
+        root.join("churn/labels.toml"),
+        format!("stable = 1\ncanary = {{ version = {churn}, percent = 30.0 }}\n"),
+    )
+    .unwrap();
+    wait_until(&app, "canary configured", |m| {
+        m.iter()
+            .any(|i| i.name == "churn" && i.canary_percent == 30.0 && i.default_version == 1)
+    })
+    .await;
+
+    let n = 3000;
+    let resp = app
+        .score(with_ids(n, vec![model("churn", 0)]))
+        .await
+        .unwrap();
+    let scores = &resp.models[0];
+    assert_eq!((scores.version, scores.canary_version), (1, churn));
+    assert_eq!(scores.canary_sha256, manifest("churn", churn).sha256);
+    let expected_rows: Vec<u32> = resp
+        .entity_ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| segscore::repository::routing::in_canary("churn", id, 30.0))
+        .map(|(i, _)| i as u32)
+        .collect();
+    assert_eq!(scores.canary_rows, expected_rows);
+    let share = scores.canary_rows.len() as f64 / n as f64;
+    assert!((share - 0.30).abs() < 0.03, "canary share {share}");
+
+    // Every row's score is the score of the version the response names.
+    let stable = app
+        .score(with_ids(n, vec![model("churn", 1)]))
+        .await
+        .unwrap();
+    let canary = app
+        .score(with_ids(n, vec![model("churn", churn)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        stable.models[0].canary_version, 0,
+        "a pinned version never splits"
+    );
+    let in_canary: std::collections::HashSet<u32> = scores.canary_rows.iter().copied().collect();
+    for row in 0..n {
+        let want = if in_canary.contains(&(row as u32)) {
+            canary.models[0].scores[row]
+        } else {
+            stable.models[0].scores[row]
+        };
+        assert_eq!(scores.scores[row], want, "row {row}");
+    }
+
+    // The same entity gets the same version whatever its position or company.
+    let mut reversed = with_ids(n, vec![model("churn", 0)]);
+    reversed.entity_ids.reverse();
+    let again = app.score(reversed).await.unwrap();
+    let mut mirrored: Vec<u32> = scores
+        .canary_rows
+        .iter()
+        .map(|r| (n as u32 - 1) - r)
+        .collect();
+    mirrored.sort_unstable();
+    assert_eq!(again.models[0].canary_rows, mirrored);
+
+    // Without entity ids there is nothing stable to hash: no split.
+    let anonymous = app
+        .score(request(matrix(full_rows(50)), vec![model("churn", 0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            anonymous.models[0].version,
+            anonymous.models[0].canary_version
+        ),
+        (1, 0)
+    );
+
+    // SetLabel moves the canary and keeps its percent.
+    let mut admin = admin_client(&app).await;
+    admin
+        .set_label(pb::SetLabelRequest {
+            name: "churn".into(),
+            label: "canary".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    let labels = fs::read_to_string(root.join("churn/labels.toml")).unwrap();
+    assert!(labels.contains("percent = 30.0"), "{labels}");
+    let same = app
+        .score(with_ids(100, vec![model("churn", 0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        same.models[0].canary_version, 0,
+        "a canary on the default version splits nothing"
+    );
+    drop(admin);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_versions_beyond_keep_versions_retire_and_come_back_on_rollback() {
+    let dir = copy_models();
+    let root = dir.path().to_path_buf();
+    let app = spawn_app_with(&root, |a| {
+        a.watch_interval_ms = 100;
+        a.engine.keep_versions = 1;
+    })
+    .await;
+    let churn = latest_version("churn");
+    drop_in(&root, "churn", churn, churn + 1, |_| {});
+    drop_in(&root, "churn", churn, churn + 2, |_| {});
+    let retired = pb::VersionState::Retired as i32;
+    let serving = pb::VersionState::Serving as i32;
+    let is = |m: &[pb::ModelInfo], v: u64, state: i32| {
+        state_of(m, "churn", v).is_some_and(|(s, _)| s == state)
+    };
+    // Default churn+2; churn+1 kept for rollback; everything older retired.
+    wait_until(&app, "old versions retired", |m| {
+        default_of(m, "churn") == churn + 2
+            && is(m, churn + 1, serving)
+            && (1..=churn).all(|v| is(m, v, retired))
+    })
+    .await;
+    let pinned = app
+        .score(request(matrix(full_rows(1)), vec![model("churn", 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(pinned.code(), Code::NotFound);
+    assert!(pinned.message().contains("retired"), "{}", pinned.message());
+
+    // Rolling back twice: the kept version at once, then a retired one,
+    // which is loaded and validated again.
+    let mut admin = admin_client(&app).await;
+    let first = admin
+        .rollback(pb::RollbackRequest {
+            name: "churn".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (first.from_version, first.to_version),
+        (churn + 2, churn + 1)
+    );
+    let second = admin
+        .rollback(pb::RollbackRequest {
+            name: "churn".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((second.from_version, second.to_version), (churn + 1, churn));
+    let now = models(&app).await;
+    assert!(is(&now, churn, serving), "{now:?}");
+    let resp = app
+        .score(request(matrix(full_rows(1)), vec![model("churn", 0)]))
+        .await
+        .unwrap();
+    assert_eq!(resp.models[0].version, churn);
+    drop(admin);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_version_shows_draining_until_its_last_request_finishes() {
+    let dir = copy_models();
+    let root = dir.path().to_path_buf();
+    let app = spawn_app_with(&root, |a| a.watch_interval_ms = 100).await;
+    let ltv = latest_version("ltv");
+    drop_in(&root, "ltv", ltv, ltv + 1, |_| {});
+    wait_until(&app, "new version serves", |m| {
+        default_of(m, "ltv") == ltv + 1
+    })
+    .await;
+    // An in-flight request holds the version it resolved.
+    let held = app.repository.load().resolve("ltv", ltv + 1, "").unwrap();
+    fs::remove_dir_all(root.join("ltv").join((ltv + 1).to_string())).unwrap();
+    let draining = pb::VersionState::Draining as i32;
+    wait_until(&app, "removed version draining", |m| {
+        default_of(m, "ltv") == ltv
+            && state_of(m, "ltv", ltv + 1).is_some_and(|(s, _)| s == draining)
+    })
+    .await;
+    drop(held);
+    wait_until(&app, "drained version gone", |m| {
+        state_of(m, "ltv", ltv + 1).is_none()
+    })
+    .await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_over_its_latency_budget_is_refused() {
+    let dir = copy_models();
+    let root = dir.path().to_path_buf();
+    let app = spawn_app_with(&root, |a| a.watch_interval_ms = 100).await;
+    let ltv = latest_version("ltv");
+    // No model scores 1,024 rows in a nanosecond: the gate must refuse it.
+    drop_in(&root, "ltv", ltv, ltv + 1, |m| {
+        *m = m.replacen("[golden]\n", "[golden]\nlatency_budget_ms = 0.000001\n", 1);
+    });
+    wait_until(&app, "slow version refused", |m| {
+        state_of(m, "ltv", ltv + 1).is_some_and(|(s, r)| {
+            s == pb::VersionState::Failed as i32
+                && r.contains("warm-up batch of 1024 rows")
+                && r.contains("latency_budget_ms")
+        })
+    })
+    .await;
+    assert_eq!(default_of(&models(&app).await, "ltv"), ltv);
+    app.stop().await.unwrap();
+}
+
+#[test]
+fn models_validate_runs_the_breaking_change_check_like_the_server() {
+    let dir = copy_models();
+    let root = dir.path();
+    let ltv = latest_version("ltv");
+    drop_in(root, "ltv", ltv, ltv + 1, |m| {
+        let at = m.find("name = \"frequency\"").unwrap();
+        let dtype = at + m[at..].find("dtype = \"i64\"").unwrap();
+        m.replace_range(dtype..dtype + "dtype = \"i64\"".len(), "dtype = \"f32\"");
+    });
+    let validate = |target: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_segscore"))
+            .args(["models", "validate"])
+            .arg(target)
+            .output()
+            .unwrap()
+    };
+    for target in [
+        root.join("ltv").join((ltv + 1).to_string()),
+        root.to_path_buf(),
+    ] {
+        let out = validate(&target);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{stdout}");
+        assert!(
+            stdout.contains("breaking change against version") && stdout.contains("frequency"),
+            "{}: {stdout}",
+            target.display()
+        );
+    }
+    let ok = validate(&root.join("ltv").join(ltv.to_string()));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+}

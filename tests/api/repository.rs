@@ -185,3 +185,45 @@ async fn broken_versions_are_refused_and_the_good_ones_serve() {
         String::from_utf8_lossy(&good.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_reports_its_phases_and_list_models_shows_versions_in_it() {
+    use segscore::{
+        api::convert::model_info,
+        config::ServeArgs,
+        repository::{load, Phase, Repository},
+    };
+    let engine = ServeArgs::for_models(shipped_models())
+        .engine
+        .engine_config();
+    let phases = std::sync::Mutex::new(Vec::new());
+    let dir = shipped_models()
+        .join("churn")
+        .join(latest_version("churn").to_string());
+    let on_phase = |p: Phase| phases.lock().unwrap().push(p);
+    let model = load::load(&dir, &engine, None, &on_phase).unwrap();
+    assert_eq!(*phases.lock().unwrap(), [Phase::Loading, Phase::Validating]);
+    assert!(model.golden.warmup_ms > 0.0, "{:?}", model.golden);
+
+    // A version still in the gate is listed with its phase, beside the
+    // versions of the snapshot; an unknown name in the gate is listed too.
+    let repository = Repository::load(&shipped_models(), &engine).unwrap();
+    repository
+        .tracker()
+        .set_phase("churn", 99, Some(Phase::Validating));
+    repository
+        .tracker()
+        .set_phase("newcomer", 1, Some(Phase::Loading));
+    let churn = model_info(&repository, "churn").unwrap();
+    let v99 = churn.versions.iter().find(|v| v.version == 99).unwrap();
+    assert_eq!(v99.state, pb::VersionState::Validating as i32);
+    assert!(
+        churn.default_version < 99,
+        "a version in the gate never serves"
+    );
+    let newcomer = model_info(&repository, "newcomer").unwrap();
+    assert_eq!(newcomer.versions[0].state, pb::VersionState::Loading as i32);
+    assert_eq!(newcomer.default_version, 0);
+    repository.tracker().set_phase("newcomer", 1, None);
+    assert!(model_info(&repository, "newcomer").is_none());
+}
