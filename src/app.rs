@@ -11,6 +11,7 @@ use tracing::info;
 use crate::{
     api::{
         admin::AdminService,
+        gate::RequestGate,
         inference::{health_task, InferenceService},
         oip::grpc_inference_service_server::GrpcInferenceServiceServer,
         pb::model_admin_server::ModelAdminServer,
@@ -20,6 +21,7 @@ use crate::{
     },
     config::ServeArgs,
     engine::onnx,
+    metrics::{self, Metrics},
     repository::{
         lifecycle::{watch_task, Lifecycle},
         Repository, SharedRepository,
@@ -31,13 +33,22 @@ pub struct Application {
     listener: TcpListener,
     repository: SharedRepository,
     config: ServeArgs,
+    metrics: Option<(Arc<Metrics>, TcpListener)>,
 }
 
 impl Application {
     /// Loads ONNX Runtime and the repository, then binds `config.addr`.
     pub async fn build(config: ServeArgs) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let engine = config.engine.engine_config();
+        let mut engine = config.engine.engine_config();
+        let metrics = match config.metrics_addr {
+            Some(addr) => {
+                let registry = Metrics::new();
+                engine.metrics = Some(registry.clone());
+                Some((registry, metrics::bind(addr).await?))
+            }
+            None => None,
+        };
         // Fail at start-up, with the fix in the message, rather than marking
         // every ONNX model failed one by one.
         let ort_path = engine.ort_dylib_path.clone();
@@ -56,7 +67,13 @@ impl Application {
             listener,
             repository: Arc::new(arc_swap::ArcSwap::from_pointee(repository)),
             config,
+            metrics,
         })
+    }
+
+    /// Where `/metrics` is served, when `--metrics-addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(_, l)| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -81,16 +98,30 @@ impl Application {
             stream_in_flight: self.config.stream_in_flight,
         };
         let max = self.config.max_message_bytes;
-        let scoring = ScoringServer::new(ScoringService::new(self.repository.clone(), limits))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+        let registry = self.metrics.as_ref().map(|(m, _)| m.clone());
+        let gate = RequestGate::new(self.config.max_concurrent_requests, registry.clone());
+        let scoring = ScoringServer::new(ScoringService::new(
+            self.repository.clone(),
+            limits,
+            gate.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
         // grpc.health.v1: one entry per model name plus "" for the server;
         // NOT_SERVING for a model until one of its versions passed validation.
         let (health, health_service) = tonic_health::server::health_reporter();
-        let lifecycle = Lifecycle::new(self.repository.clone());
+        let lifecycle = Lifecycle::new(self.repository.clone(), registry);
         // Background tasks stop with the server (aborted below), so a stopped
         // server frees its models and worker threads.
         let mut background = vec![tokio::spawn(health_task(lifecycle.clone(), health.clone()))];
+        if let Some((registry, listener)) = self.metrics {
+            info!(addr = %listener.local_addr()?, "metrics on /metrics");
+            background.push(tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, registry).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }));
+        }
         if let Some(interval) = self.config.watch_interval() {
             background.push(tokio::spawn(watch_task(
                 lifecycle.clone(),
@@ -102,6 +133,7 @@ impl Application {
         let inference = GrpcInferenceServiceServer::new(InferenceService::new(
             lifecycle.clone(),
             self.config.max_rows_per_request,
+            gate,
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

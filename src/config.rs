@@ -117,6 +117,7 @@ impl EngineArgs {
             ort_dylib_path: self.ort_dylib_path.clone(),
             latency_budget: Duration::from_secs_f64(self.latency_budget_ms.max(0.0) / 1000.0),
             keep_versions: self.keep_versions,
+            metrics: None,
         }
     }
 }
@@ -151,6 +152,13 @@ pub struct ServeArgs {
     /// rescan at once); 0 turns watching off.
     #[arg(long, env = "SEGSCORE_WATCH_INTERVAL_MS", default_value_t = 2000)]
     pub watch_interval_ms: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
+    #[arg(long, env = "SEGSCORE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Scoring requests (Score, ScoreStream, ModelInfer) handled at once;
+    /// more get RESOURCE_EXHAUSTED at once instead of queueing.
+    #[arg(long, env = "SEGSCORE_MAX_CONCURRENT_REQUESTS", default_value_t = 2048)]
+    pub max_concurrent_requests: usize,
     /// Seconds to wait for in-flight requests at shutdown before exiting.
     #[arg(long, env = "SEGSCORE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,

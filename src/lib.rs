@@ -16,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod metrics;
 pub mod repository;
 pub mod telemetry;
 pub mod train;

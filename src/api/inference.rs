@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::info;
 
-use super::{oip, scoring::grpc_deadline};
+use super::{gate::RequestGate, oip, scoring::grpc_deadline};
 use crate::{
     error::ApiError,
     features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema},
@@ -35,13 +35,19 @@ const INPUT: &str = "features";
 pub struct InferenceService {
     lifecycle: Arc<Lifecycle>,
     max_rows_per_request: usize,
+    gate: Arc<RequestGate>,
 }
 
 impl InferenceService {
-    pub fn new(lifecycle: Arc<Lifecycle>, max_rows_per_request: usize) -> Self {
+    pub fn new(
+        lifecycle: Arc<Lifecycle>,
+        max_rows_per_request: usize,
+        gate: Arc<RequestGate>,
+    ) -> Self {
         Self {
             lifecycle,
             max_rows_per_request,
+            gate,
         }
     }
 
@@ -502,10 +508,20 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         &self,
         request: Request<oip::ModelInferRequest>,
     ) -> Result<Response<oip::ModelInferResponse>, Status> {
+        let admitted = self.gate.admit("ModelInfer")?;
         let deadline = grpc_deadline(request.metadata());
-        Ok(Response::new(
-            self.infer(request.into_inner(), deadline).await?,
-        ))
+        let result = self
+            .infer(request.into_inner(), deadline)
+            .await
+            .map_err(Status::from);
+        match &result {
+            Ok(resp) => {
+                let version = resp.model_version.parse().unwrap_or(0);
+                admitted.record(tonic::Code::Ok, [(resp.model_name.as_str(), version)]);
+            }
+            Err(e) => admitted.record(e.code(), []),
+        }
+        Ok(Response::new(result?))
     }
 
     async fn repository_model_load(

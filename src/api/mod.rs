@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod gate;
 pub mod inference;
 pub mod scoring;
 

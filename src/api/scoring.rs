@@ -13,6 +13,7 @@ use tracing::{info_span, Instrument};
 
 use super::{
     convert::{model_info, model_infos},
+    gate::RequestGate,
     pb,
 };
 use crate::{
@@ -35,11 +36,24 @@ pub struct Limits {
 pub struct ScoringService {
     repository: SharedRepository,
     limits: Limits,
+    gate: Arc<RequestGate>,
+}
+
+/// The (model, version) pairs that scored a response, for metrics.
+fn scored_by(resp: &pb::ScoreResponse) -> impl Iterator<Item = (&str, u64)> {
+    resp.models.iter().flat_map(|m| {
+        let canary = (m.canary_version != 0).then_some((m.name.as_str(), m.canary_version));
+        std::iter::once((m.name.as_str(), m.version)).chain(canary)
+    })
 }
 
 impl ScoringService {
-    pub fn new(repository: SharedRepository, limits: Limits) -> Self {
-        Self { repository, limits }
+    pub fn new(repository: SharedRepository, limits: Limits, gate: Arc<RequestGate>) -> Self {
+        Self {
+            repository,
+            limits,
+            gate,
+        }
     }
 
     /// Scores one request end to end; chunks still queued at `deadline` are
@@ -248,6 +262,7 @@ impl pb::scoring_server::Scoring for ScoringService {
         &self,
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
+        let admitted = self.gate.admit("Score")?;
         let deadline = grpc_deadline(request.metadata());
         let req = request.into_inner();
         let span = info_span!(
@@ -259,11 +274,16 @@ impl pb::scoring_server::Scoring for ScoringService {
             .score_request(req, deadline)
             .instrument(span.clone())
             .await;
+        let result = result.map_err(Status::from);
         match &result {
             Ok(resp) => {
                 span.record("rows", resp.rows);
+                admitted.record(tonic::Code::Ok, scored_by(resp));
             }
-            Err(e) => tracing::debug!(parent: &span, error = %e, "score request refused"),
+            Err(status) => {
+                tracing::debug!(parent: &span, error = %status.message(), "score request refused");
+                admitted.record(status.code(), []);
+            }
         }
         Ok(Response::new(result?))
     }
@@ -274,6 +294,8 @@ impl pb::scoring_server::Scoring for ScoringService {
         &self,
         request: Request<Streaming<pb::ScoreRequest>>,
     ) -> Result<Response<Self::ScoreStreamStream>, Status> {
+        // A stream takes one slot for its whole life; each chunk is recorded.
+        let admitted = Arc::new(self.gate.admit("ScoreStream")?);
         let deadline = grpc_deadline(request.metadata());
         let service = self.clone();
         let in_flight = self.limits.stream_in_flight.max(1);
@@ -284,13 +306,19 @@ impl pb::scoring_server::Scoring for ScoringService {
             .into_inner()
             .map(move |chunk| {
                 let service = service.clone();
+                let admitted = admitted.clone();
                 async move {
                     let req = chunk?;
                     let sequence = req.sequence;
+                    let started = std::time::Instant::now();
                     Ok(match service.score_request(req, deadline).await {
-                        Ok(resp) => resp,
+                        Ok(resp) => {
+                            admitted.record_since(started, tonic::Code::Ok, scored_by(&resp));
+                            resp
+                        }
                         Err(e) => {
                             let status = Status::from(e);
+                            admitted.record_since(started, status.code(), []);
                             pb::ScoreResponse {
                                 sequence,
                                 error: Some(pb::ChunkError {

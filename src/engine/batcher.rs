@@ -23,6 +23,7 @@ use tokio::{
 };
 
 use super::{worker, Backend, ScoreError};
+use crate::metrics::VersionMetrics;
 
 /// How one model version batches.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +68,17 @@ struct Shared {
     queue: Mutex<Queue>,
     notify: Notify,
     config: BatcherConfig,
+    metrics: Option<VersionMetrics>,
+}
+
+impl Shared {
+    /// Publishes the queue depth (called with the queue lock held, so the
+    /// gauge never goes backwards in time).
+    fn publish_depth(&self, q: &Queue) {
+        if let Some(m) = &self.metrics {
+            m.queue_depth.set(q.entries.len() as i64);
+        }
+    }
 }
 
 /// The queue and batcher of one model version. Dropping it closes the queue:
@@ -82,6 +94,7 @@ impl Batcher {
         name: &str,
         backends: Vec<Box<dyn Backend>>,
         config: BatcherConfig,
+        metrics: Option<VersionMetrics>,
     ) -> std::io::Result<Self> {
         let handle = tokio::runtime::Handle::try_current().map_err(|e| {
             std::io::Error::other(format!("the batcher needs a tokio runtime: {e}"))
@@ -89,12 +102,13 @@ impl Batcher {
         let (tx, rx) = crossbeam_channel::unbounded::<Batch>();
         let permits = Arc::new(Semaphore::new(backends.len().max(1)));
         for (i, backend) in backends.into_iter().enumerate() {
-            worker::spawn(format!("{name}-w{i}"), backend, rx.clone())?;
+            worker::spawn(format!("{name}-w{i}"), backend, rx.clone(), metrics.clone())?;
         }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             config,
+            metrics,
         });
         handle.spawn(batcher_task(shared.clone(), permits, move |batch| {
             tx.send(batch).is_ok()
@@ -114,6 +128,7 @@ impl Batcher {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             config,
+            metrics: None,
         });
         tokio::spawn(batcher_task(
             shared.clone(),
@@ -152,6 +167,7 @@ impl Batcher {
                 });
                 receivers.push(rx);
             }
+            self.shared.publish_depth(&q);
         }
         self.shared.notify.notify_one();
         Ok(receivers)
@@ -248,11 +264,16 @@ fn take_batch(shared: &Shared, config: &BatcherConfig) -> Vec<Entry> {
         rows += n;
         batch.push(entry);
     }
+    shared.publish_depth(&q);
     batch
 }
 
 /// Runs one batch on `backend` and answers every entry with its own rows.
-pub(crate) fn run_batch(backend: &mut dyn Backend, entries: Vec<Entry>) {
+pub(crate) fn run_batch(
+    backend: &mut dyn Backend,
+    entries: Vec<Entry>,
+    metrics: Option<&VersionMetrics>,
+) {
     // A caller may have gone away while the batch waited for this worker.
     let entries: Vec<Entry> = entries
         .into_iter()
@@ -261,6 +282,7 @@ pub(crate) fn run_batch(backend: &mut dyn Backend, entries: Vec<Entry>) {
     if entries.is_empty() {
         return;
     }
+    let started = Instant::now();
     let result = if entries.len() == 1 {
         backend.score(entries[0].input.view())
     } else {
@@ -275,6 +297,10 @@ pub(crate) fn run_batch(backend: &mut dyn Backend, entries: Vec<Entry>) {
     let total: usize = entries.iter().map(|e| e.input.nrows()).sum();
     match result {
         Ok(scores) if scores.len() == total => {
+            if let Some(m) = metrics {
+                let waits = entries.iter().map(|e| started - e.enqueued);
+                m.batch(waits, started.elapsed(), &scores);
+            }
             let mut offset = 0;
             for entry in entries {
                 let n = entry.input.nrows();
@@ -491,7 +517,7 @@ mod tests {
                 }
             })
             .collect();
-        run_batch(&mut Echo, entries);
+        run_batch(&mut Echo, entries, None);
         for (i, mut rx) in receivers.into_iter().enumerate() {
             let got = rx.try_recv().unwrap().unwrap();
             let want: Vec<f32> = (0..=i).map(|r| (i * 10 + r) as f32).collect();

@@ -9,6 +9,8 @@ use std::{
 
 use crossbeam_channel::Receiver;
 
+use crate::metrics::VersionMetrics;
+
 use super::{
     batcher::{run_batch, Batch},
     Backend,
@@ -21,13 +23,16 @@ pub(crate) fn spawn(
     name: String,
     mut backend: Box<dyn Backend>,
     batches: Receiver<Batch>,
+    metrics: Option<VersionMetrics>,
 ) -> std::io::Result<()> {
     thread::Builder::new().name(name).spawn(move || {
         while let Ok(batch) = batches.recv() {
             let Batch { entries, _permit } = batch;
             // Entries move into run_batch; if it panics, their reply senders
             // are dropped, so callers see the worker failure instead of hanging.
-            let _ = catch_unwind(AssertUnwindSafe(|| run_batch(backend.as_mut(), entries)));
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                run_batch(backend.as_mut(), entries, metrics.as_ref())
+            }));
         }
     })?;
     Ok(())

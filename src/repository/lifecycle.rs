@@ -10,11 +10,13 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, warn};
 
-use super::{LifecycleError, Repository, ResolveError, SharedRepository};
+use super::{LifecycleError, Repository, ResolveError, SharedRepository, VersionStatus};
+use crate::metrics::Metrics;
 
 /// Serialises repository changes and announces them.
 pub struct Lifecycle {
     repository: SharedRepository,
+    metrics: Option<Arc<Metrics>>,
     /// Held while a change is computed and swapped, so two writers never
     /// build on the same snapshot and lose one another's change.
     writer: Mutex<()>,
@@ -23,12 +25,30 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(repository: SharedRepository) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(repository: SharedRepository, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+        let lifecycle = Arc::new(Self {
             repository,
+            metrics,
             writer: Mutex::new(()),
             generation: watch::Sender::new(0),
-        })
+        });
+        lifecycle.publish();
+        lifecycle
+    }
+
+    /// Publishes loaded versions and load outcomes per model.
+    fn publish(&self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        for (name, entry) in self.repository.load().models() {
+            let loaded = entry
+                .versions
+                .values()
+                .filter(|s| matches!(s, VersionStatus::Serving(_)))
+                .count();
+            metrics.set_model_state(name, loaded, entry.loads_succeeded, entry.loads_failed);
+        }
     }
 
     pub fn repository(&self) -> &SharedRepository {
@@ -42,6 +62,7 @@ impl Lifecycle {
 
     fn swap(&self, next: Repository) {
         self.repository.store(Arc::new(next));
+        self.publish();
         self.generation.send_modify(|g| *g += 1);
     }
 

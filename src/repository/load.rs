@@ -37,6 +37,8 @@ pub struct EngineConfig {
     pub latency_budget: Duration,
     /// Serving versions older than the default kept loaded per model.
     pub keep_versions: usize,
+    /// Where versions publish their metrics (`serve --metrics-addr`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Rows in the warm-up batch timed against the latency budget: the size of
@@ -288,7 +290,9 @@ pub fn load(
     };
     let v = validate(dir, config, &options)?;
     let label = format!("{}-v{}", v.manifest.name, v.manifest.version);
-    let batcher = Batcher::spawn(&label, v.backends, config.batcher).map_err(LoadError::Spawn)?;
+    let metrics = config.metrics.as_ref().map(|m| m.version(&v.manifest));
+    let batcher =
+        Batcher::spawn(&label, v.backends, config.batcher, metrics).map_err(LoadError::Spawn)?;
     Ok(Arc::new(LoadedModel {
         manifest: v.manifest,
         schema: v.schema,

@@ -26,6 +26,8 @@ pub fn sample_users() -> PathBuf {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where /metrics is served, when the test asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     pub client: ScoringClient<Channel>,
     pub repository: segscore::repository::SharedRepository,
     shutdown: Option<oneshot::Sender<()>>,
@@ -69,6 +71,7 @@ pub async fn spawn_app_with(models: &Path, tweak: impl FnOnce(&mut ServeArgs)) -
     tweak(&mut args);
     let app = Application::build(args).await.expect("server builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let repository = app.repository().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
@@ -81,6 +84,7 @@ pub async fn spawn_app_with(models: &Path, tweak: impl FnOnce(&mut ServeArgs)) -
         .max_encoding_message_size(usize::MAX);
     TestApp {
         addr,
+        metrics_addr,
         client,
         repository,
         shutdown: Some(tx),

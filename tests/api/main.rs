@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod inference;
 mod lifecycle;
+mod metrics;
 mod repository;
 mod scoring;
 mod shutdown;

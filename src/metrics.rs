@@ -1,0 +1,317 @@
+//! Prometheus metrics (`--metrics-addr`): histograms, not summaries, so
+//! latencies aggregate across replicas (the complaint in Triton #3060/#7672).
+//!
+//! Each server owns its registry (several servers in one test process do not
+//! mix their counts). Per-version handles are resolved once when a version
+//! loads, so the hot path touches only atomics, and the score histograms are
+//! filled through thread-local buffers flushed once per batch.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+use crate::repository::{Manifest, Task};
+
+/// Request latency buckets, 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Probability buckets for binary classifiers: 0.05 wide.
+const PROBABILITY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
+    0.9, 0.95, 1.0,
+];
+/// Regression values (LTV in currency units and similar), 1-2.5-5 steps.
+const VALUE_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    25000.0, 50000.0, 100000.0,
+];
+
+/// Every metric segscore exports (documented in the README).
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    model_request_duration: HistogramVec,
+    in_flight: IntGauge,
+    rows: IntCounterVec,
+    queue_wait: HistogramVec,
+    compute: HistogramVec,
+    batch_rows: HistogramVec,
+    queue_depth: IntGaugeVec,
+    score_probability: HistogramVec,
+    score_value: HistogramVec,
+    loaded_versions: IntGaugeVec,
+    model_loads: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("static metric definitions are valid; this is a bug")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("static metric definitions are valid; this is a bug")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("static metric definitions are valid; this is a bug")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let batch_buckets: Vec<f64> = (0..=13).map(|p| f64::from(1u32 << p)).collect();
+        let m = Self {
+            registry: Registry::new(),
+            requests: counter(
+                "segscore_requests_total",
+                "gRPC requests (ScoreStream: chunks) by method and status code",
+                &["method", "code"],
+            ),
+            request_duration: histogram(
+                "segscore_request_duration_seconds",
+                "Time from request decoded to response ready, by method and status code",
+                &["method", "code"],
+                LATENCY_BUCKETS,
+            ),
+            model_request_duration: histogram(
+                "segscore_model_request_duration_seconds",
+                "Duration of successful requests that a model version scored",
+                &["model", "version"],
+                LATENCY_BUCKETS,
+            ),
+            in_flight: IntGauge::new(
+                "segscore_in_flight_requests",
+                "Scoring requests being handled now",
+            )
+            .expect("static metric definitions are valid; this is a bug"),
+            rows: counter(
+                "segscore_rows_total",
+                "Rows scored by a model version",
+                &["model", "version"],
+            ),
+            queue_wait: histogram(
+                "segscore_queue_wait_seconds",
+                "Time a request chunk waited before a worker started scoring it",
+                &["model", "version"],
+                LATENCY_BUCKETS,
+            ),
+            compute: histogram(
+                "segscore_compute_seconds",
+                "Model call duration per batch",
+                &["model", "version"],
+                LATENCY_BUCKETS,
+            ),
+            batch_rows: histogram(
+                "segscore_batch_rows",
+                "Rows per model call (dynamic batching merges requests)",
+                &["model", "version"],
+                &batch_buckets,
+            ),
+            queue_depth: gauge(
+                "segscore_queue_depth",
+                "Request chunks queued for a model version's workers",
+                &["model", "version"],
+            ),
+            score_probability: histogram(
+                "segscore_score_probability",
+                "Scores of binary classifiers (probability of the positive class)",
+                &["model", "version"],
+                PROBABILITY_BUCKETS,
+            ),
+            score_value: histogram(
+                "segscore_score_value",
+                "Predictions of regression models",
+                &["model", "version"],
+                VALUE_BUCKETS,
+            ),
+            loaded_versions: gauge(
+                "segscore_loaded_versions",
+                "Serving (loaded) versions per model",
+                &["model"],
+            ),
+            model_loads: counter(
+                "segscore_model_loads_total",
+                "Version loads by outcome (passed or failed the validation gate)",
+                &["model", "result"],
+            ),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.model_request_duration.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.rows.clone()),
+            Box::new(m.queue_wait.clone()),
+            Box::new(m.compute.clone()),
+            Box::new(m.batch_rows.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.score_probability.clone()),
+            Box::new(m.score_value.clone()),
+            Box::new(m.loaded_versions.clone()),
+            Box::new(m.model_loads.clone()),
+        ];
+        for c in collectors {
+            m.registry
+                .register(c)
+                .expect("each metric is registered once; this is a bug");
+        }
+        Arc::new(m)
+    }
+
+    /// Handles for one model version, resolved once at load.
+    pub fn version(&self, manifest: &Manifest) -> VersionMetrics {
+        let version = manifest.version.to_string();
+        let labels = [manifest.name.as_str(), version.as_str()];
+        let scores = match manifest.task {
+            Task::BinaryClassification => Some(self.score_probability.with_label_values(&labels)),
+            Task::Regression => Some(self.score_value.with_label_values(&labels)),
+            Task::Clustering => None,
+        };
+        VersionMetrics {
+            rows: self.rows.with_label_values(&labels),
+            queue_wait: self.queue_wait.with_label_values(&labels),
+            compute: self.compute.with_label_values(&labels),
+            batch_rows: self.batch_rows.with_label_values(&labels),
+            queue_depth: self.queue_depth.with_label_values(&labels),
+            scores,
+        }
+    }
+
+    /// Counts a request and observes its duration; `models` are the versions
+    /// that scored it (empty when it failed).
+    pub fn request<'a>(
+        &self,
+        method: &str,
+        code: tonic::Code,
+        elapsed: Duration,
+        models: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        let code = format!("{code:?}");
+        self.requests.with_label_values(&[method, &code]).inc();
+        let seconds = elapsed.as_secs_f64();
+        self.request_duration
+            .with_label_values(&[method, &code])
+            .observe(seconds);
+        for (model, version) in models {
+            self.model_request_duration
+                .with_label_values(&[model, &version.to_string()])
+                .observe(seconds);
+        }
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.clone())
+    }
+
+    /// Publishes the lifecycle state: loaded versions and load outcomes per
+    /// model (`succeeded`/`failed` are totals since start-up).
+    pub fn set_model_state(&self, model: &str, loaded: usize, succeeded: u64, failed: u64) {
+        self.loaded_versions
+            .with_label_values(&[model])
+            .set(loaded as i64);
+        for (result, total) in [("passed", succeeded), ("failed", failed)] {
+            let c = self.model_loads.with_label_values(&[model, result]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+
+    /// The text exposition format of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail; this is a bug");
+        String::from_utf8(out).expect("the text format is UTF-8; this is a bug")
+    }
+}
+
+/// Decrements the in-flight gauge when the request is done.
+pub struct InFlight(Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// One model version's metric handles.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    rows: IntCounter,
+    queue_wait: Histogram,
+    compute: Histogram,
+    batch_rows: Histogram,
+    pub(crate) queue_depth: IntGauge,
+    scores: Option<Histogram>,
+}
+
+impl VersionMetrics {
+    /// Records one model call: its rows, duration, the wait of each chunk in
+    /// it, and the score distribution.
+    pub(crate) fn batch(
+        &self,
+        waits: impl Iterator<Item = Duration>,
+        compute: Duration,
+        scores: &[f32],
+    ) {
+        for wait in waits {
+            self.queue_wait.observe(wait.as_secs_f64());
+        }
+        self.compute.observe(compute.as_secs_f64());
+        self.batch_rows.observe(scores.len() as f64);
+        self.rows.inc_by(scores.len() as u64);
+        if let Some(histogram) = &self.scores {
+            // One flush of a local copy instead of an atomic add per row.
+            let local = histogram.local();
+            for &s in scores {
+                local.observe(f64::from(s));
+            }
+            local.flush();
+        }
+    }
+}
+
+/// Binds the metrics listener (so a taken port fails start-up).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))
+}
+
+/// Serves `GET /metrics` on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    use axum::{http::header, routing::get, Router};
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
