@@ -8,11 +8,13 @@ CARGO ?= cargo
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 REQUIREMENTS := training/requirements.txt
+DEPLOY_STAMP := $(VENV)/.deploy-installed
+DEPLOY_REQUIREMENTS := deploy/requirements.txt
 BIN := target/release/segscore
 SEED ?= 20261123
 CUSTOMERS ?= 50000
 
-.PHONY: run test build venv lint models validate bench clean
+.PHONY: run test build venv lint models validate bench clean deploy-check
 
 # The venv carries the pinned onnxruntime wheel, whose libonnxruntime.so the
 # server loads (ort load-dynamic), plus the training pipeline's dependencies.
@@ -22,6 +24,12 @@ $(VENV_STAMP): $(REQUIREMENTS)
 	touch $@
 
 venv: $(VENV_STAMP)
+
+# deploy/validate.py's checkers (kubernetes-validate, jsonschema, hadolint...),
+# installed into the same venv; reinstalled when either requirements file changes.
+$(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS) $(VENV_STAMP)
+	$(VENV)/bin/pip install --disable-pip-version-check --quiet -r $(DEPLOY_REQUIREMENTS)
+	touch $@
 
 build: venv
 	$(CARGO) build --release --locked
@@ -35,6 +43,9 @@ test: venv lint
 	# An unmodified standard client (tritonclient) against the release binary
 	# that `cargo test --release` just built.
 	SEGSCORE_BIN=$(BIN) $(VENV)/bin/python -m pytest tests/oip -q
+	# Last, so the flags in the deployment files are checked against the
+	# binary just built.
+	$(MAKE) --no-print-directory deploy-check
 
 lint:
 	$(CARGO) fmt --check
@@ -43,6 +54,11 @@ lint:
 # The benchmark suite (about a minute; loopback only); rewrites BENCHMARKS.md.
 bench: build
 	$(BIN) bench --seconds 2
+
+# The Dockerfile and deploy/ manifests, offline (see deploy/README.md); flags
+# are checked against $(BIN)'s --help when it exists.
+deploy-check: $(DEPLOY_STAMP)
+	$(VENV)/bin/python -m pytest deploy -q
 
 validate: build
 	$(BIN) models validate models

@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig};
 use tracing::info;
 
 use crate::{
@@ -26,6 +27,7 @@ use crate::{
         lifecycle::{watch_task, Lifecycle},
         Repository, SharedRepository,
     },
+    security::{self, BearerAuth},
 };
 
 /// A loaded repository and a bound listener, ready to serve.
@@ -34,12 +36,27 @@ pub struct Application {
     repository: SharedRepository,
     config: ServeArgs,
     metrics: Option<(Arc<Metrics>, TcpListener)>,
+    tls: Option<ServerTlsConfig>,
+    auth: BearerAuth,
 }
 
 impl Application {
     /// Loads ONNX Runtime and the repository, then binds `config.addr`.
     pub async fn build(config: ServeArgs) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
+        // Security material is read first: a bad file fails start-up at once.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(security::server_tls(
+                cert,
+                key,
+                config.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        let auth = BearerAuth::new(security::load_tokens(
+            config.auth_tokens_file.as_deref(),
+            &config.auth_tokens,
+        )?);
         let mut engine = config.engine.engine_config();
         let metrics = match config.metrics_addr {
             Some(addr) => {
@@ -68,6 +85,8 @@ impl Application {
             repository: Arc::new(arc_swap::ArcSwap::from_pointee(repository)),
             config,
             metrics,
+            tls,
+            auth,
         })
     }
 
@@ -99,7 +118,11 @@ impl Application {
         };
         let max = self.config.max_message_bytes;
         let registry = self.metrics.as_ref().map(|(m, _)| m.clone());
-        let gate = RequestGate::new(self.config.max_concurrent_requests, registry.clone());
+        let gate = RequestGate::new(
+            self.config.max_concurrent_requests,
+            registry.clone(),
+            self.config.default_deadline(),
+        );
         let scoring = ScoringServer::new(ScoringService::new(
             self.repository.clone(),
             limits,
@@ -148,7 +171,14 @@ impl Application {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .context("building gRPC reflection")?;
-        info!(%addr, models = ?self.repository.load().serving_names(), "serving");
+        info!(
+            %addr,
+            models = ?self.repository.load().serving_names(),
+            tls = self.tls.is_some(),
+            mtls = self.config.tls_client_ca.is_some(),
+            auth = self.auth.is_enabled(),
+            "serving"
+        );
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let draining = health.clone();
         let signal = async move {
@@ -160,13 +190,25 @@ impl Application {
                 .await;
             let _ = stopping_tx.send(());
         };
-        let server = tonic::transport::Server::builder()
-            .add_service(scoring)
-            .add_service(inference)
-            .add_service(admin)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(self.config.max_concurrent_streams)
+            .http2_keepalive_interval(self.config.http2_keepalive())
+            .http2_keepalive_timeout(self.config.http2_keepalive_timeout());
+        if let Some(age) = self.config.max_connection_age() {
+            builder = builder.max_connection_age(age);
+        }
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        let auth = self.auth;
+        let open = auth.enforced_if(self.config.auth_health);
+        let server = builder
+            .add_service(InterceptedService::new(scoring, auth.clone()))
+            .add_service(InterceptedService::new(inference, auth.clone()))
+            .add_service(InterceptedService::new(admin, auth))
+            .add_service(InterceptedService::new(health_service, open.clone()))
+            .add_service(InterceptedService::new(reflection_v1, open.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, open))
             // Small request/response pairs must not wait for Nagle's algorithm
             // (~40 ms stalls on loopback); tonic only sets this on listeners it
             // binds itself, and this one is bound by the caller.

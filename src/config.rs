@@ -159,6 +159,53 @@ pub struct ServeArgs {
     /// more get RESOURCE_EXHAUSTED at once instead of queueing.
     #[arg(long, env = "SEGSCORE_MAX_CONCURRENT_REQUESTS", default_value_t = 2048)]
     pub max_concurrent_requests: usize,
+    /// Deadline given to requests that carry no `grpc-timeout`, in
+    /// milliseconds (0 = none); work past it is abandoned.
+    #[arg(long, env = "SEGSCORE_DEFAULT_DEADLINE_MS", default_value_t = 30_000)]
+    pub default_deadline_ms: u64,
+    /// Concurrent HTTP/2 streams (requests) per client connection.
+    #[arg(long, env = "SEGSCORE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive: ping idle connections this often (seconds, 0 = off)...
+    #[arg(long, env = "SEGSCORE_HTTP2_KEEPALIVE_SECS", default_value_t = 30)]
+    pub http2_keepalive_secs: u64,
+    /// ...and close them when a ping is not answered within this (seconds).
+    #[arg(
+        long,
+        env = "SEGSCORE_HTTP2_KEEPALIVE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub http2_keepalive_timeout_secs: u64,
+    /// Close connections after this many seconds (0 = never), so clients
+    /// rebalance across replicas; in-flight requests get a grace period.
+    #[arg(long, env = "SEGSCORE_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
+    pub max_connection_age_secs: u64,
+    /// PEM certificate (chain) to serve TLS with; needs --tls-key.
+    #[arg(long, env = "SEGSCORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SEGSCORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "SEGSCORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of accepted bearer tokens, one per line; with tokens set, calls
+    /// without `authorization: Bearer <token>` get UNAUTHENTICATED.
+    #[arg(long, env = "SEGSCORE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Accepted bearer tokens, comma-separated. Prefer the environment
+    /// variable or the file: command lines are visible to other users.
+    #[arg(
+        long,
+        env = "SEGSCORE_AUTH_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Vec<crate::security::Token>,
+    /// Require the token for grpc.health.v1 and reflection too (open by
+    /// default, so probes and grpcurl need no secret).
+    #[arg(long, env = "SEGSCORE_AUTH_HEALTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auth_health: bool,
     /// Seconds to wait for in-flight requests at shutdown before exiting.
     #[arg(long, env = "SEGSCORE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -193,6 +240,26 @@ impl ServeArgs {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    pub fn default_deadline(&self) -> Option<Duration> {
+        (self.default_deadline_ms > 0).then(|| Duration::from_millis(self.default_deadline_ms))
+    }
+
+    fn secs(value: u64) -> Option<Duration> {
+        (value > 0).then(|| Duration::from_secs(value))
+    }
+
+    pub fn http2_keepalive(&self) -> Option<Duration> {
+        Self::secs(self.http2_keepalive_secs)
+    }
+
+    pub fn http2_keepalive_timeout(&self) -> Option<Duration> {
+        Self::secs(self.http2_keepalive_timeout_secs)
+    }
+
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        Self::secs(self.max_connection_age_secs)
     }
 
     /// Rejects values no server can run with.

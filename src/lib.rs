@@ -18,5 +18,6 @@ pub mod error;
 pub mod features;
 pub mod metrics;
 pub mod repository;
+pub mod security;
 pub mod telemetry;
 pub mod train;

@@ -1,9 +1,16 @@
 //! The front door of the scoring RPCs: a bound on concurrent requests that
 //! answers RESOURCE_EXHAUSTED at once above it (after TEI and Ray Serve: a
 //! 2-core server that queues without bound only turns overload into
-//! timeouts), and the per-request metrics.
+//! timeouts), the request's deadline, and the per-request metrics.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
@@ -14,21 +21,31 @@ pub struct RequestGate {
     permits: Arc<Semaphore>,
     limit: usize,
     metrics: Option<Arc<Metrics>>,
+    default_deadline: Option<Duration>,
 }
 
 impl RequestGate {
-    pub fn new(limit: usize, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+    pub fn new(
+        limit: usize,
+        metrics: Option<Arc<Metrics>>,
+        default_deadline: Option<Duration>,
+    ) -> Arc<Self> {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             metrics,
+            default_deadline,
         })
     }
 
     /// Admits one request of `method`, or refuses it when `limit` requests
     /// are already being handled.
-    pub fn admit(&self, method: &'static str) -> Result<Admitted, Status> {
+    pub fn admit(
+        &self,
+        method: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Admitted, Status> {
         let started = Instant::now();
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Ok(Admitted {
@@ -37,6 +54,9 @@ impl RequestGate {
                 metrics: self.metrics.clone(),
                 method,
                 started,
+                deadline: super::scoring::grpc_deadline(metadata, self.default_deadline),
+                recorded: AtomicBool::new(false),
+                record_on_drop: true,
             }),
             Err(_) => {
                 let status = Status::resource_exhausted(format!(
@@ -60,12 +80,59 @@ pub struct Admitted {
     metrics: Option<Arc<Metrics>>,
     method: &'static str,
     started: Instant,
+    deadline: Option<tokio::time::Instant>,
+    /// Whether an answer was recorded; a unary request dropped unanswered
+    /// was cancelled by its caller (or its deadline, client side) and is
+    /// recorded as CANCELLED.
+    recorded: AtomicBool,
+    record_on_drop: bool,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.record_on_drop && !self.recorded.load(Ordering::Relaxed) {
+            self.record(Code::Cancelled, []);
+        }
+    }
 }
 
 impl Admitted {
+    /// For a stream: each chunk is recorded, the stream itself is not.
+    pub fn for_stream(mut self) -> Self {
+        self.record_on_drop = false;
+        self
+    }
+
+    /// The caller's deadline (`grpc-timeout`, else `--default-deadline-ms`).
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// Runs the request's work, abandoning it (queued chunks are dropped with
+    /// their receivers) with DEADLINE_EXCEEDED when the deadline passes. The
+    /// answer goes out just before the caller's deadline: tonic cancels the
+    /// handler at that instant and would answer CANCELLED instead.
+    pub async fn within_deadline<T>(
+        &self,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let Some(deadline) = self.deadline else {
+            return work.await;
+        };
+        let now = tokio::time::Instant::now();
+        let margin = Duration::from_millis(1).min(deadline.saturating_duration_since(now) / 2);
+        match tokio::time::timeout_at(deadline - margin, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded(
+                "the request's deadline passed before it was scored; its work was abandoned",
+            )),
+        }
+    }
+
     /// Records one answer (a request, or a ScoreStream chunk) with the model
     /// versions that scored it.
     pub fn record<'a>(&self, code: Code, models: impl IntoIterator<Item = (&'a str, u64)>) {
+        self.recorded.store(true, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.request(self.method, code, self.started.elapsed(), models);
         }

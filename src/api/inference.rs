@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::info;
 
-use super::{gate::RequestGate, oip, scoring::grpc_deadline};
+use super::{gate::RequestGate, oip};
 use crate::{
     error::ApiError,
     features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema},
@@ -508,12 +508,14 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         &self,
         request: Request<oip::ModelInferRequest>,
     ) -> Result<Response<oip::ModelInferResponse>, Status> {
-        let admitted = self.gate.admit("ModelInfer")?;
-        let deadline = grpc_deadline(request.metadata());
-        let result = self
-            .infer(request.into_inner(), deadline)
-            .await
-            .map_err(Status::from);
+        let admitted = self.gate.admit("ModelInfer", request.metadata())?;
+        let deadline = admitted.deadline();
+        let work = async {
+            self.infer(request.into_inner(), deadline)
+                .await
+                .map_err(Status::from)
+        };
+        let result = admitted.within_deadline(work).await;
         match &result {
             Ok(resp) => {
                 let version = resp.model_version.parse().unwrap_or(0);

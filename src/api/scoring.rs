@@ -238,20 +238,26 @@ impl Planned {
 /// The caller's deadline from the `grpc-timeout` header. tonic enforces it by
 /// dropping the handler (which cancels queued work), but does not expose it;
 /// the batcher needs the instant to drop expired chunks before they run.
-pub(crate) fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
+pub(crate) fn grpc_deadline(
+    metadata: &tonic::metadata::MetadataMap,
+    default: Option<Duration>,
+) -> Option<Instant> {
+    let from_header = || -> Option<Instant> {
+        let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+        let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+        let amount: u64 = digits.parse().ok()?;
+        let timeout = match unit {
+            "H" => Duration::from_secs(amount.saturating_mul(3600)),
+            "M" => Duration::from_secs(amount.saturating_mul(60)),
+            "S" => Duration::from_secs(amount),
+            "m" => Duration::from_millis(amount),
+            "u" => Duration::from_micros(amount),
+            "n" => Duration::from_nanos(amount),
+            _ => return None,
+        };
+        Some(Instant::now() + timeout)
     };
-    Some(Instant::now() + timeout)
+    from_header().or_else(|| default.map(|d| Instant::now() + d))
 }
 
 type ScoreStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::ScoreResponse, Status>> + Send>>;
@@ -262,19 +268,23 @@ impl pb::scoring_server::Scoring for ScoringService {
         &self,
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
-        let admitted = self.gate.admit("Score")?;
-        let deadline = grpc_deadline(request.metadata());
+        let admitted = self.gate.admit("Score", request.metadata())?;
+        let deadline = admitted.deadline();
         let req = request.into_inner();
         let span = info_span!(
             "score",
             models = req.models.len(),
             rows = tracing::field::Empty
         );
-        let result = self
-            .score_request(req, deadline)
+        let work = async {
+            self.score_request(req, deadline)
+                .await
+                .map_err(Status::from)
+        };
+        let result = admitted
+            .within_deadline(work)
             .instrument(span.clone())
             .await;
-        let result = result.map_err(Status::from);
         match &result {
             Ok(resp) => {
                 span.record("rows", resp.rows);
@@ -295,8 +305,12 @@ impl pb::scoring_server::Scoring for ScoringService {
         request: Request<Streaming<pb::ScoreRequest>>,
     ) -> Result<Response<Self::ScoreStreamStream>, Status> {
         // A stream takes one slot for its whole life; each chunk is recorded.
-        let admitted = Arc::new(self.gate.admit("ScoreStream")?);
-        let deadline = grpc_deadline(request.metadata());
+        let admitted = Arc::new(
+            self.gate
+                .admit("ScoreStream", request.metadata())?
+                .for_stream(),
+        );
+        let deadline = admitted.deadline();
         let service = self.clone();
         let in_flight = self.limits.stream_in_flight.max(1);
         // `buffered` keeps at most `in_flight` chunks being scored and yields

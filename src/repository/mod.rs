@@ -568,8 +568,17 @@ pub fn scan(root: &Path) -> std::io::Result<BTreeMap<String, BTreeMap<u64, PathB
         if !model.file_type()?.is_dir() || name.starts_with('.') {
             continue;
         }
+        // An unreadable directory (ext4's lost+found on a mounted volume) is
+        // not a model: skip it rather than refuse the whole repository.
+        let entries = match std::fs::read_dir(model.path()) {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(dir = %model.path().display(), error = %e, "skipping an unreadable directory in the model repository");
+                continue;
+            }
+        };
         let mut versions = BTreeMap::new();
-        for version in std::fs::read_dir(model.path())? {
+        for version in entries {
             let version = version?;
             let parsed = version
                 .file_name()

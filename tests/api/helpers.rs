@@ -77,9 +77,12 @@ pub async fn spawn_app_with(models: &Path, tweak: impl FnOnce(&mut ServeArgs)) -
     let handle = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    let client = ScoringClient::connect(format!("http://{addr}"))
-        .await
-        .expect("client connects")
+    // Lazy: a TLS or auth test builds its own clients, and a plain client must
+    // not fail here against a TLS server.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect_lazy();
+    let client = ScoringClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     TestApp {

@@ -11,4 +11,5 @@ mod lifecycle;
 mod metrics;
 mod repository;
 mod scoring;
+mod security;
 mod shutdown;

@@ -1,0 +1,276 @@
+//! TLS, mTLS and bearer-token auth with certificates made at test time, and
+//! deadlines answered with DEADLINE_EXCEEDED.
+
+use std::{path::Path, time::Duration};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use segscore::api::pb::{self, scoring_client::ScoringClient};
+use tonic::{
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+    Code,
+};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+use crate::helpers::*;
+
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate PEM, key PEM) signed by this CA.
+    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<ScoringClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(ScoringClient::new(channel))
+}
+
+fn one_row() -> pb::ScoreRequest {
+    request(matrix(full_rows(1)), vec![model("churn", 0)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mtls_connections_succeed_and_plain_or_anonymous_ones_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = pki.leaf(&["client"], ExtendedKeyUsagePurpose::ClientAuth);
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
+    let (cert, key) = (
+        write(dir.path(), "cert.pem", &cert),
+        write(dir.path(), "key.pem", &key),
+    );
+
+    // TLS: a client trusting the CA scores; a plaintext client cannot.
+    let app = spawn_app_with(&shipped_models(), |a| {
+        a.tls_cert = Some(cert.clone());
+        a.tls_key = Some(key.clone());
+    })
+    .await;
+    let mut client = tls_client(app.addr, &pki.ca_pem, None).await.unwrap();
+    let resp = client.score(one_row()).await.unwrap().into_inner();
+    assert_eq!(resp.models[0].scores.len(), 1);
+    assert!(
+        app.score(one_row()).await.is_err(),
+        "plaintext was accepted"
+    );
+    // A client that does not trust the server's CA refuses it.
+    let stranger = Pki::new();
+    assert!(
+        tls_client(app.addr, &stranger.ca_pem, None).await.is_err()
+            || tls_client(app.addr, &stranger.ca_pem, None)
+                .await
+                .unwrap()
+                .score(one_row())
+                .await
+                .is_err()
+    );
+    app.stop().await.unwrap();
+
+    // mTLS: a client certificate from the CA is required.
+    let app = spawn_app_with(&shipped_models(), |a| {
+        a.tls_cert = Some(cert.clone());
+        a.tls_key = Some(key.clone());
+        a.tls_client_ca = Some(ca.clone());
+    })
+    .await;
+    let mut client = tls_client(app.addr, &pki.ca_pem, Some((&client_cert, &client_key)))
+        .await
+        .unwrap();
+    client.score(one_row()).await.unwrap();
+    let anonymous = match tls_client(app.addr, &pki.ca_pem, None).await {
+        Err(_) => true,
+        Ok(mut c) => c.score(one_row()).await.is_err(),
+    };
+    assert!(anonymous, "a client without a certificate was served");
+    let (other_cert, other_key) = stranger.leaf(&["client"], ExtendedKeyUsagePurpose::ClientAuth);
+    let foreign = match tls_client(app.addr, &pki.ca_pem, Some((&other_cert, &other_key))).await {
+        Err(_) => true,
+        Ok(mut c) => c.score(one_row()).await.is_err(),
+    };
+    assert!(foreign, "a certificate from another CA was accepted");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_auth_rejects_missing_and_wrong_tokens_and_keeps_health_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "tokens", "# scoring clients\nfile-token\n\n");
+    let app = spawn_app_with(&shipped_models(), |a| {
+        a.auth_tokens = vec!["env-token".parse().unwrap()];
+        a.auth_tokens_file = Some(file.clone());
+    })
+    .await;
+    let with_token = |token: Option<&str>| {
+        let mut req = tonic::Request::new(one_row());
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req
+    };
+    let mut client = app.client.clone();
+    for token in [None, Some("wrong"), Some("env-toke"), Some("file-token ")] {
+        let err = client.score(with_token(token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
+        assert!(!err.message().contains("token\""), "{}", err.message());
+    }
+    for token in ["env-token", "file-token"] {
+        client.score(with_token(Some(token))).await.unwrap();
+    }
+    // Admin and OIP are protected too.
+    let mut admin =
+        pb::model_admin_client::ModelAdminClient::connect(format!("http://{}", app.addr))
+            .await
+            .unwrap();
+    let err = admin.reload(pb::ReloadRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Health stays open for probes by default.
+    let mut health = HealthClient::new(
+        Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect_lazy(),
+    );
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    app.stop().await.unwrap();
+
+    let app = spawn_app_with(&shipped_models(), |a| {
+        a.auth_tokens = vec!["env-token".parse().unwrap()];
+        a.auth_health = true;
+    })
+    .await;
+    let mut health = HealthClient::new(
+        Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let err = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
+    let app = spawn_app_with(&shipped_models(), |a| {
+        a.engine.workers = Some(1);
+        a.default_deadline_ms = 150;
+        a.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    // Keep the single worker busy with a queue of large requests (~60 ms of
+    // model time each; sent with a long deadline of their own).
+    let busy: Vec<_> = (0..12)
+        .map(|_| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                let mut req =
+                    tonic::Request::new(request(matrix(full_rows(20_000)), vec![model("ltv", 0)]));
+                req.metadata_mut()
+                    .insert("grpc-timeout", "60S".parse().unwrap());
+                client.score(req).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A caller's own short deadline. The tonic client runs its own timer on
+    // `grpc-timeout` and reports CANCELLED when it fires, whatever the
+    // server answers, so the server's answer is read from its metrics below.
+    let mut req = tonic::Request::new(ltv_row());
+    req.metadata_mut()
+        .insert("grpc-timeout", "30m".parse().unwrap());
+    let started = std::time::Instant::now();
+    let err = app.client.clone().score(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // No grpc-timeout: the server's default deadline applies.
+    let started = std::time::Instant::now();
+    let err = app.score(ltv_row()).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
+    let count = |code: &str| {
+        let key = format!("segscore_requests_total{{code=\"{code}\",method=\"Score\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    // The default-deadline probe was answered DEADLINE_EXCEEDED by the
+    // server; the header probe too, unless the client's timer hung up first
+    // (then the server dropped the work and counted it CANCELLED).
+    let (exceeded, cancelled) = (count("DeadlineExceeded"), count("Cancelled"));
+    assert!(exceeded >= 1.0, "{text}");
+    assert!(exceeded + cancelled >= 2.0, "{text}");
+    for b in busy {
+        let _ = b.await.unwrap();
+    }
+    // Once idle, a request within its deadline scores.
+    app.score(ltv_row()).await.unwrap();
+    app.stop().await.unwrap();
+}
+
+/// One row for the model the deadline test keeps busy.
+fn ltv_row() -> pb::ScoreRequest {
+    request(matrix(full_rows(1)), vec![model("ltv", 0)])
+}
