@@ -19,14 +19,20 @@ use crate::{engine::BatcherConfig, repository::EngineConfig};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format: human-readable text or one JSON object per line.
+    /// Log format: one-line text, multi-line pretty text, or one JSON object
+    /// per line (for log shippers).
     #[arg(long, global = true, env = "SEGSCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Export request spans to an OpenTelemetry collector over OTLP/gRPC
+    /// (e.g. http://127.0.0.1:4317); off by default.
+    #[arg(long, global = true, env = "SEGSCORE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
+    Pretty,
     Json,
 }
 

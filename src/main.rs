@@ -19,31 +19,42 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(cli.log_format);
-    let result = match cli.command {
-        Command::Serve(args) => runtime().and_then(|rt| {
-            rt.block_on(async {
-                tracing::info!(config = ?args, "starting");
-                let app = Application::build(args).await?;
-                app.run_until_stopped(shutdown_signal()).await
-            })
-        }),
-        Command::Score(args) => runtime().and_then(|rt| {
-            rt.block_on(async {
-                let summary = bulk::run(args).await?;
-                eprintln!(
-                    "scored {} rows with {:?} in {:.2}s ({:.0} rows/s)",
-                    summary.rows,
-                    summary.models,
-                    summary.seconds,
-                    summary.rows as f64 / summary.seconds.max(1e-9)
-                );
-                Ok(())
-            })
-        }),
-        Command::Bench(args) => {
-            runtime().and_then(|rt| rt.block_on(async { bench::run(args).await.map(|_| ()) }))
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e:#}");
+            return ExitCode::FAILURE;
         }
+    };
+    // The OTLP exporter's channel lives on this runtime.
+    let telemetry = {
+        let _runtime = rt.enter();
+        match telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => rt.block_on(async {
+            tracing::info!(config = ?args, "starting");
+            let app = Application::build(args).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }),
+        Command::Score(args) => rt.block_on(async {
+            let summary = bulk::run(args).await?;
+            eprintln!(
+                "scored {} rows with {:?} in {:.2}s ({:.0} rows/s)",
+                summary.rows,
+                summary.models,
+                summary.seconds,
+                summary.rows as f64 / summary.seconds.max(1e-9)
+            );
+            Ok(())
+        }),
+        Command::Bench(args) => rt.block_on(async { bench::run(args).await.map(|_| ()) }),
         Command::Models(ModelsCommand::Validate { dir, engine }) => {
             validate(&dir, &engine.engine_config())
         }
@@ -54,6 +65,11 @@ fn main() -> ExitCode {
             );
         }),
     };
+    // Flush spans while the runtime still runs the exporter.
+    {
+        let _runtime = rt.enter();
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

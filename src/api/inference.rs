@@ -510,18 +510,38 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
     ) -> Result<Response<oip::ModelInferResponse>, Status> {
         let admitted = self.gate.admit("ModelInfer", request.metadata())?;
         let deadline = admitted.deadline();
+        let span = tracing::info_span!(
+            "model_infer",
+            model = tracing::field::Empty,
+            version = tracing::field::Empty,
+            rows = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        crate::telemetry::link_parent(&span, request.metadata());
         let work = async {
             self.infer(request.into_inner(), deadline)
                 .await
                 .map_err(Status::from)
         };
-        let result = admitted.within_deadline(work).await;
+        let result =
+            tracing::Instrument::instrument(admitted.within_deadline(work), span.clone()).await;
         match &result {
             Ok(resp) => {
                 let version = resp.model_version.parse().unwrap_or(0);
+                span.record("model", resp.model_name.as_str());
+                span.record("version", version);
+                span.record("status", "OK");
+                if let Some(rows) = resp.outputs.first().and_then(|o| o.shape.first()) {
+                    span.record("rows", rows);
+                }
+                tracing::debug!(parent: &span, "scored");
                 admitted.record(tonic::Code::Ok, [(resp.model_name.as_str(), version)]);
             }
-            Err(e) => admitted.record(e.code(), []),
+            Err(e) => {
+                span.record("status", format!("{:?}", e.code()));
+                tracing::debug!(parent: &span, error = %e.message(), "infer request refused");
+                admitted.record(e.code(), []);
+            }
         }
         Ok(Response::new(result?))
     }

@@ -270,12 +270,16 @@ impl pb::scoring_server::Scoring for ScoringService {
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let admitted = self.gate.admit("Score", request.metadata())?;
         let deadline = admitted.deadline();
-        let req = request.into_inner();
+        // Model names, versions, row counts and status only: ids and feature
+        // values are personal data and never enter a span or a log line.
         let span = info_span!(
             "score",
-            models = req.models.len(),
-            rows = tracing::field::Empty
+            models = tracing::field::Empty,
+            rows = tracing::field::Empty,
+            status = tracing::field::Empty,
         );
+        crate::telemetry::link_parent(&span, request.metadata());
+        let req = request.into_inner();
         let work = async {
             self.score_request(req, deadline)
                 .await
@@ -287,10 +291,19 @@ impl pb::scoring_server::Scoring for ScoringService {
             .await;
         match &result {
             Ok(resp) => {
-                span.record("rows", resp.rows);
+                if !span.is_disabled() {
+                    let versions: Vec<String> = scored_by(resp)
+                        .map(|(name, version)| format!("{name}:{version}"))
+                        .collect();
+                    span.record("models", versions.join(","));
+                    span.record("rows", resp.rows);
+                    span.record("status", "OK");
+                }
+                tracing::debug!(parent: &span, "scored");
                 admitted.record(tonic::Code::Ok, scored_by(resp));
             }
             Err(status) => {
+                span.record("status", format!("{:?}", status.code()));
                 tracing::debug!(parent: &span, error = %status.message(), "score request refused");
                 admitted.record(status.code(), []);
             }

@@ -13,3 +13,4 @@ mod repository;
 mod scoring;
 mod security;
 mod shutdown;
+mod telemetry;

@@ -1,0 +1,182 @@
+//! Logs and traces of the real binary: request spans carry models, versions,
+//! rows and status, never the entity ids or feature values sent; spans reach
+//! an OTLP collector as children of the caller's W3C `traceparent`.
+
+use std::{
+    io::{BufRead, BufReader},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    trace_service_server::{TraceService, TraceServiceServer},
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use segscore::api::pb::{self, scoring_client::ScoringClient};
+use tonic::{Request, Response, Status};
+
+use crate::helpers::*;
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// Values no log line may contain.
+const SECRET_IDS: [&str; 2] = ["cust-7f3a9c-private", "cust-0b1d22-private"];
+const SECRET_RECENCY: f32 = 13.625;
+const SECRET_ENGAGEMENT: f32 = 97531.125;
+
+fn secret_rows() -> pb::ScoreRequest {
+    let mut columns = full_rows(2);
+    columns[0] = f32_col("recency_days", vec![SECRET_RECENCY; 2]);
+    let mut req = request(matrix(columns), vec![model("churn", 0), model("ltv", 0)]);
+    req.entity_ids = SECRET_IDS.iter().map(|s| s.to_string()).collect();
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"))
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--addr",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .args(["--otlp-endpoint", &format!("http://{otlp}"), "--models"])
+        .arg(shipped_models())
+        .env(
+            "RUST_LOG",
+            "debug,ort=warn,h2=info,hyper=info,tonic=info,tower=info",
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no `serving` line; log: {log:#?}"));
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        log.push(line);
+        if json["fields"]["message"] == "serving" {
+            break json["fields"]["addr"].as_str().unwrap().to_owned();
+        }
+    };
+
+    let mut client = ScoringClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut traced = Request::new(secret_rows());
+    traced.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let resp = client.score(traced).await.unwrap().into_inner();
+    assert_eq!(resp.entity_ids, SECRET_IDS);
+    // A refused request whose value would be tempting to log.
+    let mut bad = secret_rows();
+    bad.features.as_mut().unwrap().columns[10] =
+        f32_col("email_engagement", vec![SECRET_ENGAGEMENT; 2]);
+    let err = client.score(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("email_engagement"),
+        "{}",
+        err.message()
+    );
+    drop(client);
+
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        log.push(line);
+    }
+    let text = log.join("\n");
+    for secret in SECRET_IDS
+        .iter()
+        .map(|s| s.to_string())
+        .chain([SECRET_RECENCY.to_string(), SECRET_ENGAGEMENT.to_string()])
+    {
+        assert!(
+            !text.contains(&secret),
+            "`{secret}` reached the log:\n{text}"
+        );
+    }
+    // The request span's fields are in the log: models with versions, rows, status.
+    let spans: Vec<serde_json::Value> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|j| j["span"]["name"] == "score")
+        .collect();
+    let scored = spans
+        .iter()
+        .find(|j| j["fields"]["message"] == "scored")
+        .unwrap_or_else(|| panic!("no `scored` event:\n{text}"));
+    let models = scored["span"]["models"].as_str().unwrap();
+    assert!(
+        models.contains("churn:") && models.contains("ltv:"),
+        "{scored}"
+    );
+    assert_eq!(scored["span"]["rows"], 2);
+    assert_eq!(scored["span"]["status"], "OK");
+    assert!(
+        spans
+            .iter()
+            .any(|j| j["span"]["status"] == "InvalidArgument"),
+        "{text}"
+    );
+
+    // The exporter flushed at shutdown: the score span is a child of the caller's trace.
+    let exported = collector.0.lock().unwrap().clone();
+    let spans: Vec<_> = exported
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let traced = spans
+        .iter()
+        .find(|s| s.name == "score" && hex::encode(&s.trace_id) == TRACE_ID)
+        .unwrap_or_else(|| panic!("no score span in trace {TRACE_ID}: {spans:#?}"));
+    assert_eq!(hex::encode(&traced.parent_span_id), "00f067aa0ba902b7");
+    server.abort();
+}
