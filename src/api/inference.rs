@@ -582,3 +582,89 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         Ok(Response::new(oip::RepositoryModelUnloadResponse {}))
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Arbitrary OIP input tensors never panic the decoder or the encoder,
+    //! whatever their names, datatypes, shapes (negative, huge) and contents.
+
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+    use crate::repository::Manifest;
+
+    fn schema() -> FeatureSchema {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/ltv/1/model.toml");
+        FeatureSchema::new(Manifest::read(path.as_ref()).unwrap().features).unwrap()
+    }
+
+    fn contents() -> impl Strategy<Value = oip::InferTensorContents> {
+        (
+            vec(any::<bool>(), 0..40),
+            vec(any::<i64>(), 0..40),
+            vec(any::<f32>(), 0..40),
+            vec(any::<f64>(), 0..40),
+            vec(vec(any::<u8>(), 0..12), 0..40),
+        )
+            .prop_map(|(b, i, f, d, bytes)| oip::InferTensorContents {
+                bool_contents: b,
+                int64_contents: i,
+                fp32_contents: f,
+                fp64_contents: d,
+                bytes_contents: bytes,
+                ..Default::default()
+            })
+    }
+
+    fn tensor() -> impl Strategy<Value = oip::model_infer_request::InferInputTensor> {
+        let name = prop_oneof![
+            Just("features".to_string()),
+            Just("recency_days".to_string()),
+            Just("frequency".to_string()),
+            Just("region".to_string()),
+            Just("cart_abandoned_24h".to_string()),
+            ".{0,12}",
+        ];
+        let datatype = prop_oneof![
+            Just("FP32".to_string()),
+            Just("FP64".to_string()),
+            Just("INT64".to_string()),
+            Just("BOOL".to_string()),
+            Just("BYTES".to_string()),
+            ".{0,6}",
+        ];
+        let dim = prop_oneof![-2i64..30, any::<i64>()];
+        (
+            name,
+            datatype,
+            vec(dim, 0..4),
+            proptest::option::of(contents()),
+        )
+            .prop_map(|(name, datatype, shape, contents)| {
+                oip::model_infer_request::InferInputTensor {
+                    name,
+                    datatype,
+                    shape,
+                    contents,
+                    ..Default::default()
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn arbitrary_tensors_never_panic(
+            inputs in vec(tensor(), 0..4),
+            raw in prop_oneof![Just(Vec::new()), vec(vec(any::<u8>(), 0..200), 0..4)],
+        ) {
+            let schema = schema();
+            if let Ok(batch) = tensors_to_batch(&schema, &inputs, &raw, 10_000) {
+                if let Ok(encoded) = schema.encode(&batch, 0..batch.rows()) {
+                    prop_assert_eq!(encoded.nrows(), batch.rows());
+                    prop_assert!(encoded.iter().all(|v| v.is_finite()));
+                }
+            }
+        }
+    }
+}
