@@ -149,9 +149,14 @@ fn parse_version(version: &str) -> Result<u64, ApiError> {
     if version.is_empty() {
         return Ok(0);
     }
-    version.parse().map_err(|_| {
-        ApiError::InvalidArgument(format!("model_version `{version}` is not a version number"))
-    })
+    // Digits only, no sign or leading zero: "01" and "+1" are not versions.
+    let canonical = version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
+    canonical
+        .then(|| version.parse().ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::InvalidArgument(format!("model_version `{version}` is not a version number"))
+        })
 }
 
 fn bad(tensor: &str, message: impl std::fmt::Display) -> ApiError {
@@ -276,8 +281,13 @@ fn tensors_to_batch(
             ));
         }
         let values = tensor_values(input, raw.get(i).map(Vec::as_slice))?;
-        let expected: i64 = input.shape.iter().product();
-        if values.len() as i64 != expected || input.shape.is_empty() {
+        // Checked: a shape like [2^62, 12] must not wrap around to a product
+        // that happens to match.
+        let expected = input
+            .shape
+            .iter()
+            .try_fold(1u64, |n, d| n.checked_mul(*d as u64));
+        if expected != Some(values.len() as u64) || input.shape.is_empty() {
             return Err(bad(
                 &input.name,
                 format!(
@@ -297,7 +307,7 @@ fn tensors_to_batch(
         tensors.push((input, values));
     }
     let width = schema.len() as i64;
-    let is_matrix = tensors.len() == 1 && schema.spec(&tensors[0].0.name).is_none();
+    let is_matrix = tensors.len() == 1 && tensors[0].0.name == INPUT;
     let columns = if is_matrix {
         let (input, values) = tensors.pop().expect("one tensor; this is a bug");
         if input.shape.len() != 2 || input.shape[1] != width {
@@ -404,10 +414,20 @@ fn matrix_columns(
                     .map(|(row, v)| {
                         if v.is_nan() {
                             missing.push(row as u32);
+                            Ok(false)
+                        } else if *v == 0.0 || *v == 1.0 {
+                            Ok(*v == 1.0)
+                        } else {
+                            Err(bad(
+                                name,
+                                format!(
+                                    "column {j} (`{}`) row {row}: a bool feature is 0 or 1",
+                                    spec.name
+                                ),
+                            ))
                         }
-                        *v != 0.0 && !v.is_nan()
                     })
-                    .collect();
+                    .collect::<Result<_, _>>()?;
                 Column::new(ColumnValues::Bool(flags))
                     .with_missing_rows(&missing)
                     .expect("rows from the same column; this is a bug")

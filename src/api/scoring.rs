@@ -95,7 +95,15 @@ impl ScoringService {
             )));
         }
         let mut planned = Vec::with_capacity(req.models.len());
-        for model_ref in &req.models {
+        for (i, model_ref) in req.models.iter().enumerate() {
+            // Two versions of one model is a comparison; the same reference
+            // twice only doubles the work and the answer.
+            if req.models[..i].contains(model_ref) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "model `{}` is listed twice with the same version and label",
+                    model_ref.name
+                )));
+            }
             if model_ref.version != 0 && !model_ref.label.is_empty() {
                 return Err(ApiError::InvalidArgument(format!(
                     "model `{}`: set a version or a label, not both",

@@ -218,7 +218,7 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     .await;
     // Keep the single worker busy with a queue of large requests (~60 ms of
     // model time each; sent with a long deadline of their own).
-    let busy: Vec<_> = (0..12)
+    let busy: Vec<_> = (0..24)
         .map(|_| {
             let mut client = app.client.clone();
             tokio::spawn(async move {
@@ -236,14 +236,14 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     // server answers, so the server's answer is read from its metrics below.
     let mut req = tonic::Request::new(ltv_row());
     req.metadata_mut()
-        .insert("grpc-timeout", "30m".parse().unwrap());
+        .insert("grpc-timeout", "300m".parse().unwrap());
     let started = std::time::Instant::now();
     let err = app.client.clone().score(req).await.unwrap_err();
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_millis(1500));
     // No grpc-timeout: the server's default deadline applies.
     let started = std::time::Instant::now();
     let err = app.score(ltv_row()).await.unwrap_err();
