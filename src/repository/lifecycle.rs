@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 pub struct Lifecycle {
     repository: SharedRepository,
     metrics: Option<Arc<Metrics>>,
+    /// Models published to the metrics, so a removed one drops to 0 loaded.
+    published: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Held while a change is computed and swapped, so two writers never
     /// build on the same snapshot and lose one another's change.
     writer: Mutex<()>,
@@ -29,6 +31,7 @@ impl Lifecycle {
         let lifecycle = Arc::new(Self {
             repository,
             metrics,
+            published: Default::default(),
             writer: Mutex::new(()),
             generation: watch::Sender::new(0),
         });
@@ -41,13 +44,23 @@ impl Lifecycle {
         let Some(metrics) = &self.metrics else {
             return;
         };
-        for (name, entry) in self.repository.load().models() {
+        let repository = self.repository.load();
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in published
+            .iter()
+            .filter(|n| !repository.models().contains_key(*n))
+        {
+            metrics.set_model_state(gone, 0, 0, 0);
+        }
+        published.clear();
+        for (name, entry) in repository.models() {
             let loaded = entry
                 .versions
                 .values()
                 .filter(|s| matches!(s, VersionStatus::Serving(_)))
                 .count();
             metrics.set_model_state(name, loaded, entry.loads_succeeded, entry.loads_failed);
+            published.insert(name.clone());
         }
     }
 

@@ -50,7 +50,11 @@ impl Tracker {
     /// Notes a version leaving the repository; it shows as DRAINING until the
     /// last in-flight request holding it finishes and its workers stop.
     pub fn drain(&self, model: &Arc<LoadedModel>) {
-        self.draining.lock().push((
+        let mut draining = self.draining.lock();
+        // Forget the finished ones here too, so the list stays short even if
+        // nobody asks for ListModels.
+        draining.retain(|(_, _, w)| w.strong_count() > 0);
+        draining.push((
             model.name().to_owned(),
             model.version(),
             Arc::downgrade(model),
