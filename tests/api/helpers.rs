@@ -59,6 +59,75 @@ impl TestApp {
             .await
             .map(|r| r.into_inner())
     }
+
+    /// A connected segscore.v1 ModelAdmin client.
+    pub async fn admin(&self) -> pb::model_admin_client::ModelAdminClient<Channel> {
+        pb::model_admin_client::ModelAdminClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("admin client connects")
+    }
+}
+
+/// The real `segscore serve` binary, started by `command` (which must log
+/// JSON to stderr), with its log read on a thread so a server that never
+/// says `serving` fails the test after a timeout instead of hanging it.
+pub struct ServedBinary {
+    child: std::process::Child,
+    /// Log lines not read yet.
+    pub log: std::sync::mpsc::Receiver<String>,
+    /// The lines up to and including `serving`.
+    pub seen: Vec<String>,
+    /// The gRPC address from the `serving` line.
+    pub addr: String,
+}
+
+impl ServedBinary {
+    pub fn start(mut command: std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the segscore binary starts");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let (tx, log) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        while let Ok(line) = log.recv_timeout(std::time::Duration::from_secs(60)) {
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            seen.push(line);
+            if json["fields"]["message"] == "serving" {
+                if let Some(addr) = json["fields"]["addr"].as_str() {
+                    let addr = addr.to_owned();
+                    return Self {
+                        child,
+                        log,
+                        seen,
+                        addr,
+                    };
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no `serving` line; log: {seen:#?}");
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        self.child.wait().unwrap()
+    }
 }
 
 pub async fn spawn_app() -> TestApp {

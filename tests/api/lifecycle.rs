@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use segscore::api::pb::{self, model_admin_client::ModelAdminClient};
+use segscore::api::pb;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -34,6 +34,14 @@ fn drop_in(root: &Path, name: &str, from: u64, to: u64, edit: impl FnOnce(&mut S
         .replace(&format!("version = {from}\n"), &format!("version = {to}\n"));
     edit(&mut manifest);
     fs::write(dst.join("model.toml"), manifest).unwrap();
+}
+
+/// Same model, but `frequency` declared f32: a dtype change that callers of
+/// the previous version did not sign up for (a breaking change).
+fn retype_frequency(manifest: &mut String) {
+    let at = manifest.find("name = \"frequency\"").unwrap();
+    let dtype = at + manifest[at..].find("dtype = \"i64\"").unwrap();
+    manifest.replace_range(dtype..dtype + "dtype = \"i64\"".len(), "dtype = \"f32\"");
 }
 
 async fn models(app: &TestApp) -> Vec<pb::ModelInfo> {
@@ -154,13 +162,7 @@ async fn drop_ins_swaps_and_rollback_under_load_fail_no_request() {
     );
 
     // 4. Roll churn back: `stable` now points at the previous version.
-    let mut admin = ModelAdminClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut admin = app.admin().await;
     let rolled = admin
         .rollback(pb::RollbackRequest {
             name: "churn".into(),
@@ -278,13 +280,7 @@ async fn labels_pin_versions_and_set_label_persists_them() {
         .unwrap();
     assert_eq!((resp.models[0].version, resp.models[1].version), (churn, 1));
 
-    let mut admin = ModelAdminClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut admin = app.admin().await;
     let bad = admin
         .set_label(pb::SetLabelRequest {
             name: "churn".into(),
@@ -342,14 +338,7 @@ async fn a_breaking_feature_change_needs_the_manifest_to_say_so() {
     let root = dir.path().to_path_buf();
     let app = spawn_app_with(&root, |a| a.watch_interval_ms = 100).await;
     let ltv = latest_version("ltv");
-    // Same model, but `frequency` now declared f32: a dtype change that
-    // callers of the previous version did not sign up for.
-    let retype = |m: &mut String| {
-        let at = m.find("name = \"frequency\"").unwrap();
-        let dtype = at + m[at..].find("dtype = \"i64\"").unwrap();
-        m.replace_range(dtype..dtype + "dtype = \"i64\"".len(), "dtype = \"f32\"");
-    };
-    drop_in(&root, "ltv", ltv, ltv + 1, retype);
+    drop_in(&root, "ltv", ltv, ltv + 1, retype_frequency);
     wait_until(&app, "breaking version refused", |m| {
         state_of(m, "ltv", ltv + 1)
             .is_some_and(|(_, r)| r.contains("breaking change") && r.contains("frequency"))
@@ -357,7 +346,7 @@ async fn a_breaking_feature_change_needs_the_manifest_to_say_so() {
     .await;
     assert_eq!(default_of(&models(&app).await, "ltv"), ltv);
     drop_in(&root, "ltv", ltv, ltv + 2, |m| {
-        retype(m);
+        retype_frequency(m);
         // Top-level key: before the first table of the manifest.
         *m = m.replacen("[[features]]", "breaking_change = true\n\n[[features]]", 1);
     });
@@ -366,12 +355,6 @@ async fn a_breaking_feature_change_needs_the_manifest_to_say_so() {
     })
     .await;
     app.stop().await.unwrap();
-}
-
-async fn admin_client(app: &TestApp) -> ModelAdminClient<tonic::transport::Channel> {
-    ModelAdminClient::connect(format!("http://{}", app.addr))
-        .await
-        .unwrap()
 }
 
 /// `n` rows with distinct entity ids.
@@ -467,7 +450,7 @@ async fn a_canary_takes_a_stable_entity_hashed_share_and_responses_say_so() {
     );
 
     // SetLabel moves the canary and keeps its percent.
-    let mut admin = admin_client(&app).await;
+    let mut admin = app.admin().await;
     admin
         .set_label(pb::SetLabelRequest {
             name: "churn".into(),
@@ -523,7 +506,7 @@ async fn old_versions_beyond_keep_versions_retire_and_come_back_on_rollback() {
 
     // Rolling back twice: the kept version at once, then a retired one,
     // which is loaded and validated again.
-    let mut admin = admin_client(&app).await;
+    let mut admin = app.admin().await;
     let first = admin
         .rollback(pb::RollbackRequest {
             name: "churn".into(),
@@ -609,11 +592,7 @@ fn models_validate_runs_the_breaking_change_check_like_the_server() {
     let dir = copy_models();
     let root = dir.path();
     let ltv = latest_version("ltv");
-    drop_in(root, "ltv", ltv, ltv + 1, |m| {
-        let at = m.find("name = \"frequency\"").unwrap();
-        let dtype = at + m[at..].find("dtype = \"i64\"").unwrap();
-        m.replace_range(dtype..dtype + "dtype = \"i64\"".len(), "dtype = \"f32\"");
-    });
+    drop_in(root, "ltv", ltv, ltv + 1, retype_frequency);
     let validate = |target: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_segscore"))
             .args(["models", "validate"])

@@ -168,10 +168,7 @@ async fn bearer_auth_rejects_missing_and_wrong_tokens_and_keeps_health_open() {
         client.score(with_token(Some(token))).await.unwrap();
     }
     // Admin and OIP are protected too.
-    let mut admin =
-        pb::model_admin_client::ModelAdminClient::connect(format!("http://{}", app.addr))
-            .await
-            .unwrap();
+    let mut admin = app.admin().await;
     let err = admin.reload(pb::ReloadRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // Health stays open for probes by default.

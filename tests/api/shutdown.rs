@@ -45,8 +45,8 @@ async fn shutdown_completes_in_flight_requests() {
 
 #[test]
 fn the_binary_serves_and_exits_zero_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"));
+    command
         .args([
             "--log-format",
             "json",
@@ -58,35 +58,9 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
             "--models",
         ])
         .arg(shipped_models())
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read the log on a thread so a server that never says `serving` fails the
-    // test after a timeout instead of hanging it.
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut addr = None;
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if json["fields"]["message"] == "serving" {
-            addr = json["fields"]["addr"].as_str().map(str::to_owned);
-            break;
-        }
-        seen.push(line);
-    }
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        panic!("no `serving` line; log: {seen:#?}");
-    };
+        .env_remove("RUST_LOG");
+    let mut server = ServedBinary::start(command);
+    let addr = server.addr.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut client =
@@ -99,16 +73,10 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
             .unwrap();
         assert_eq!(resp.into_inner().models[0].scores.len(), 2);
     });
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
+    let status = server.terminate();
     // The log after `serving` says why, should a loaded machine ever make
     // this fail (seen once in a full parallel run, not reproduced since).
-    let rest: Vec<String> = rx.try_iter().collect();
+    let rest: Vec<String> = server.log.try_iter().collect();
     assert_eq!(
         status.code(),
         Some(0),

@@ -3,7 +3,6 @@
 //! an OTLP collector as children of the caller's W3C `traceparent`.
 
 use std::{
-    io::{BufRead, BufReader},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -56,7 +55,8 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"));
+    command
         .args([
             "serve",
             "--log-format",
@@ -71,30 +71,9 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
         .env(
             "RUST_LOG",
             "debug,ort=warn,h2=info,hyper=info,tonic=info,tower=info",
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no `serving` line; log: {log:#?}"));
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        log.push(line);
-        if json["fields"]["message"] == "serving" {
-            break json["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
+        );
+    let mut binary = ServedBinary::start(command);
+    let addr = binary.addr.clone();
 
     let mut client = ScoringClient::connect(format!("http://{addr}"))
         .await
@@ -121,13 +100,9 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
     );
     drop(client);
 
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+    assert_eq!(binary.terminate().code(), Some(0));
+    let mut log = std::mem::take(&mut binary.seen);
+    while let Ok(line) = binary.log.recv_timeout(Duration::from_secs(10)) {
         log.push(line);
     }
     let text = log.join("\n");
