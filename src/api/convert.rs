@@ -133,40 +133,58 @@ impl From<&FeatureSpec> for pb::FeatureSpec {
 /// Every model ListModels reports: the repository's, plus names that only
 /// have versions in the gate or draining.
 pub fn model_infos(repository: &Repository) -> Vec<pb::ModelInfo> {
-    let tracker = repository.tracker();
-    let mut names: BTreeSet<String> = repository.models().keys().cloned().collect();
-    names.extend(tracker.in_gate().into_iter().map(|(n, _, _)| n));
-    names.extend(tracker.draining().into_iter().map(|(n, _)| n));
+    let transient = Transient::of(repository);
+    let mut names: BTreeSet<&str> = repository.models().keys().map(String::as_str).collect();
+    names.extend(transient.gate.iter().map(|(n, _, _)| n.as_str()));
+    names.extend(transient.draining.iter().map(|(n, _)| n.as_str()));
     names
-        .iter()
-        .filter_map(|n| model_info(repository, n))
+        .into_iter()
+        .filter_map(|n| info_of(repository, n, &transient))
         .collect()
+}
+
+/// The tracker's view, read once per ListModels.
+struct Transient {
+    gate: Vec<(String, u64, Phase)>,
+    draining: Vec<(String, u64)>,
+}
+
+impl Transient {
+    fn of(repository: &Repository) -> Self {
+        Self {
+            gate: repository.tracker().in_gate(),
+            draining: repository.tracker().draining(),
+        }
+    }
 }
 
 /// One model's versions as ListModels/GetModel report them: the snapshot's
 /// versions, those still in the validation gate (LOADING, VALIDATING) and
 /// those that left it but finish in-flight requests (DRAINING).
 pub fn model_info(repository: &Repository, name: &str) -> Option<pb::ModelInfo> {
+    info_of(repository, name, &Transient::of(repository))
+}
+
+fn info_of(repository: &Repository, name: &str, transient: &Transient) -> Option<pb::ModelInfo> {
     let empty = ModelEntry::default();
-    let tracker = repository.tracker();
     let entry = repository.models().get(name);
-    let gate: Vec<(u64, pb::VersionState)> = tracker
-        .in_gate()
-        .into_iter()
+    let gate: Vec<(u64, pb::VersionState)> = transient
+        .gate
+        .iter()
         .filter(|(n, _, _)| n == name)
         .map(|(_, v, phase)| {
             let state = match phase {
                 Phase::Loading => pb::VersionState::Loading,
                 Phase::Validating => pb::VersionState::Validating,
             };
-            (v, state)
+            (*v, state)
         })
         .collect();
-    let draining: Vec<u64> = tracker
-        .draining()
-        .into_iter()
+    let draining: Vec<u64> = transient
+        .draining
+        .iter()
         .filter(|(n, _)| n == name)
-        .map(|(_, v)| v)
+        .map(|(_, v)| *v)
         .collect();
     if entry.is_none() && gate.is_empty() && draining.is_empty() {
         return None;

@@ -132,10 +132,7 @@ impl Admitted {
     /// Records one answer (a request, or a ScoreStream chunk) with the model
     /// versions that scored it.
     pub fn record<'a>(&self, code: Code, models: impl IntoIterator<Item = (&'a str, u64)>) {
-        self.recorded.store(true, Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.request(self.method, code, self.started.elapsed(), models);
-        }
+        self.record_since(self.started, code, models);
     }
 
     /// Records a chunk of a stream, timed from `started`.
@@ -145,6 +142,7 @@ impl Admitted {
         code: Code,
         models: impl IntoIterator<Item = (&'a str, u64)>,
     ) {
+        self.recorded.store(true, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.request(self.method, code, started.elapsed(), models);
         }
