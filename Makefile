@@ -70,6 +70,11 @@ models: build
 		--schema training/features.toml --label churned --name churn --version 1 --models models --force
 	$(BIN) train --train training/out/features_train.csv --valid training/out/features_valid.csv \
 		--schema training/features.toml --label purchase_30d --name propensity --version 1 --models models --force
+	# Behavioural clusters: K-Means on the standardised RFM and engagement features.
+	$(BIN) train --task clustering --clusters 5 --train training/out/features_train.csv \
+		--valid training/out/features_valid.csv --schema training/features.toml \
+		--features recency_days,frequency,monetary_mean,purchases_90d,sessions_7d,cart_adds_7d,checkout_visits_7d,email_engagement \
+		--name clusters --version 1 --models models --force
 	$(BIN) models validate models
 
 clean:

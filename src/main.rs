@@ -58,12 +58,7 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Validate { dir, engine }) => {
             validate(&dir, &engine.engine_config())
         }
-        Command::Train(args) => train::run(&args).map(|m| {
-            println!(
-                "trained {} v{}: validation roc_auc {:.4}, log_loss {:.4}, brier {:.4}",
-                args.name, args.version, m.roc_auc, m.log_loss, m.brier
-            );
-        }),
+        Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
     };
     // Flush spans while the runtime still runs the exporter.
     {

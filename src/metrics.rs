@@ -272,14 +272,15 @@ impl VersionMetrics {
         &self,
         waits: impl Iterator<Item = Duration>,
         compute: Duration,
+        rows: usize,
         scores: &[f32],
     ) {
         for wait in waits {
             self.queue_wait.observe(wait.as_secs_f64());
         }
         self.compute.observe(compute.as_secs_f64());
-        self.batch_rows.observe(scores.len() as f64);
-        self.rows.inc_by(scores.len() as u64);
+        self.batch_rows.observe(rows as f64);
+        self.rows.inc_by(rows as u64);
         if let Some(histogram) = &self.scores {
             // One flush of a local copy instead of an atomic add per row.
             let local = histogram.local();

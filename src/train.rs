@@ -1,9 +1,10 @@
 //! `segscore train`: the Rust half of training/. Fits a smartcore logistic
-//! regression on a feature CSV written by the Python pipeline (same feature
-//! builder, so names and semantics cannot drift), measures it on the
-//! customer-disjoint validation CSV, and writes a `format = "smartcore"` model
-//! version: model file, golden set scored by the very backend the server uses,
-//! and the manifest last.
+//! regression (`--task binary_classification`) or K-Means behavioural
+//! clusters (`--task clustering`) on a feature CSV written by the Python
+//! pipeline (same feature builder, so names and semantics cannot drift),
+//! measures it on the customer-disjoint validation CSV, and writes a
+//! `format = "smartcore"` model version: model file, golden set scored by the
+//! very backend the server uses, and the manifest last.
 
 use std::{
     fs,
@@ -16,6 +17,7 @@ use clap::Args;
 use ndarray::Array2;
 use sha2::{Digest, Sha256};
 use smartcore::{
+    cluster::kmeans::KMeansParameters,
     linalg::basic::matrix::DenseMatrix,
     linear::logistic_regression::{LogisticRegression, LogisticRegressionParameters},
 };
@@ -23,7 +25,8 @@ use smartcore::{
 use crate::{
     engine::{
         smartcore::{
-            SmartcoreBackend, SmartcoreModel, SmartcoreModelFile, Standardizer, FILE_FORMAT,
+            kmeans_centroids, KMeans, SmartcoreBackend, SmartcoreModel, SmartcoreModelFile,
+            Standardizer, FILE_FORMAT,
         },
         Backend,
     },
@@ -46,9 +49,22 @@ pub struct TrainArgs {
     /// The feature schema ([[features]] list), e.g. training/features.toml.
     #[arg(long, default_value = "training/features.toml")]
     pub schema: PathBuf,
-    /// Binary label column (0/1).
-    #[arg(long)]
+    /// What to fit: a logistic regression on `--label`, or K-Means clusters.
+    #[arg(long, value_enum, default_value_t = TrainTask::BinaryClassification)]
+    pub task: TrainTask,
+    /// Binary label column (0/1); required for binary_classification.
+    #[arg(long, default_value = "")]
     pub label: String,
+    /// Clustering: number of clusters.
+    #[arg(long, default_value_t = 5)]
+    pub clusters: usize,
+    /// Features the model uses, comma-separated, in this order (default: every
+    /// feature of --schema).
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// Seed of K-Means++ initialisation (same seed, same clusters).
+    #[arg(long, default_value_t = 20261123)]
+    pub seed: u64,
     /// Model name (directory under --models).
     #[arg(long)]
     pub name: String,
@@ -68,6 +84,14 @@ pub struct TrainArgs {
     pub force: bool,
 }
 
+/// `--task`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum TrainTask {
+    BinaryClassification,
+    Clustering,
+}
+
 #[derive(serde::Deserialize)]
 struct SchemaFile {
     features: Vec<FeatureSpec>,
@@ -82,20 +106,72 @@ pub struct BinaryMetrics {
     pub positive_rate: f64,
 }
 
-pub fn run(args: &TrainArgs) -> anyhow::Result<BinaryMetrics> {
+/// Trains the model `args` describe and returns a one-line summary.
+pub fn run(args: &TrainArgs) -> anyhow::Result<String> {
+    let specs = read_specs(args)?;
+    match args.task {
+        TrainTask::BinaryClassification => {
+            let m = train_logistic(args, specs)?;
+            Ok(format!(
+                "trained {} v{}: validation roc_auc {:.4}, log_loss {:.4}, brier {:.4}",
+                args.name, args.version, m.roc_auc, m.log_loss, m.brier
+            ))
+        }
+        TrainTask::Clustering => {
+            let sizes = train_kmeans(args, specs)?;
+            Ok(format!(
+                "trained {} v{}: {} clusters, validation shares {:?}",
+                args.name,
+                args.version,
+                sizes.len(),
+                sizes
+            ))
+        }
+    }
+}
+
+/// The schema's features, narrowed to `--features` (in that order) if given.
+fn read_specs(args: &TrainArgs) -> anyhow::Result<Vec<FeatureSpec>> {
     let text = fs::read_to_string(&args.schema)
         .with_context(|| format!("reading {}", args.schema.display()))?;
     let file: SchemaFile =
         toml::from_str(&text).with_context(|| format!("parsing {}", args.schema.display()))?;
-    let specs = file.features;
-    let schema = FeatureSchema::new(specs.clone())?;
+    if args.features.is_empty() {
+        return Ok(file.features);
+    }
+    args.features
+        .iter()
+        .map(|name| {
+            file.features
+                .iter()
+                .find(|s| s.name == *name)
+                .cloned()
+                .with_context(|| {
+                    format!("--features: `{name}` is not in {}", args.schema.display())
+                })
+        })
+        .collect()
+}
 
-    let (x_train, y_train) = load_xy(&args.train, &schema, &args.label)?;
-    let (x_valid, y_valid) = load_xy(&args.valid, &schema, &args.label)?;
-    let (rows, cols) = x_train.dim();
-    let raw: Vec<f64> = x_train.iter().map(|&v| f64::from(v)).collect();
+/// The version directory, emptied (with --force) and created.
+fn version_dir(args: &TrainArgs) -> anyhow::Result<PathBuf> {
+    let dir = args.models.join(&args.name).join(args.version.to_string());
+    if dir.exists() {
+        if !args.force {
+            bail!("{} exists; pass --force to replace it", dir.display());
+        }
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Standardises a row-major matrix with a standardizer fitted on it.
+fn standardized(x: &Array2<f32>) -> (Standardizer, Vec<f64>) {
+    let (rows, cols) = x.dim();
+    let raw: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
     let standardize = Standardizer::fit(rows, cols, &raw);
-    let scaled: Vec<f64> = raw
+    let scaled = raw
         .chunks_exact(cols)
         .flat_map(|row| {
             row.iter()
@@ -104,6 +180,25 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<BinaryMetrics> {
                 .collect::<Vec<_>>()
         })
         .collect();
+    (standardize, scaled)
+}
+
+fn trained_at() -> toml::Value {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .into()
+}
+
+fn train_logistic(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<BinaryMetrics> {
+    if args.label.is_empty() {
+        bail!("--label is required for --task binary_classification");
+    }
+    let schema = FeatureSchema::new(specs.clone())?;
+
+    let (x_train, y_train) = load_xy(&args.train, &schema, &args.label)?;
+    let (x_valid, y_valid) = load_xy(&args.valid, &schema, &args.label)?;
+    let (rows, cols) = x_train.dim();
+    let (standardize, scaled) = standardized(&x_train);
     let x = DenseMatrix::new(rows, cols, scaled, false).map_err(|e| anyhow::anyhow!("{e}"))?;
     let y: Vec<i32> = y_train.iter().map(|&v| v as i32).collect();
     let params = LogisticRegressionParameters::default().with_alpha(args.alpha);
@@ -121,14 +216,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<BinaryMetrics> {
     let p_valid = backend.score(x_valid.view())?;
     let metrics = binary_metrics(&p_valid, &y_valid);
 
-    let dir = args.models.join(&args.name).join(args.version.to_string());
-    if dir.exists() {
-        if !args.force {
-            bail!("{} exists; pass --force to replace it", dir.display());
-        }
-        fs::remove_dir_all(&dir)?;
-    }
-    fs::create_dir_all(&dir)?;
+    let dir = version_dir(args)?;
     let model_file = "model.smartcore.json";
     fs::write(dir.join(model_file), &bytes)?;
     write_golden(
@@ -162,12 +250,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<BinaryMetrics> {
         "customer-level: no customer in both train and validation (made by training/pipeline.py)"
             .into(),
     );
-    put(
-        "trained_at",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .into(),
-    );
+    put("trained_at", trained_at());
     let mut m = toml::Table::new();
     m.insert("roc_auc".into(), round(metrics.roc_auc).into());
     m.insert("log_loss".into(), round(metrics.log_loss).into());
@@ -200,8 +283,156 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<BinaryMetrics> {
     Ok(metrics)
 }
 
+/// Fits K-Means on the standardised features and writes the version; returns
+/// each cluster's share of the validation rows.
+fn train_kmeans(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<Vec<f64>> {
+    if args.clusters < 2 {
+        bail!("--clusters must be at least 2");
+    }
+    let schema = FeatureSchema::new(specs.clone())?;
+    let x_train = load_x(&args.train, &schema)?;
+    let x_valid = load_x(&args.valid, &schema)?;
+    let (rows, cols) = x_train.dim();
+    let (standardize, scaled) = standardized(&x_train);
+    let x = DenseMatrix::new(rows, cols, scaled, false).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut params = KMeansParameters::default()
+        .with_k(args.clusters)
+        .with_max_iter(300);
+    params.seed = Some(args.seed);
+    let model: KMeans = KMeans::fit(&x, params).map_err(|e| anyhow::anyhow!("fitting: {e}"))?;
+    let centroids = kmeans_centroids(&model)?;
+    let file = SmartcoreModelFile {
+        format: FILE_FORMAT.into(),
+        standardize: standardize.clone(),
+        model: SmartcoreModel::KMeans { model },
+    };
+    let bytes = serde_json::to_vec(&file)?;
+    let mut backend = SmartcoreBackend::load(&bytes, schema.len())?;
+    let train_out = backend.score(x_train.view())?;
+    let valid_out = backend.score(x_valid.view())?;
+    let k = centroids.len();
+    let count = |out: &[f32]| {
+        let mut sizes = vec![0usize; k];
+        for pair in out.chunks_exact(2) {
+            sizes[pair[0] as usize] += 1;
+        }
+        sizes
+    };
+    let train_sizes = count(&train_out);
+    let valid_sizes = count(&valid_out);
+    let valid_rows = x_valid.nrows().max(1) as f64;
+    let valid_shares: Vec<f64> = valid_sizes
+        .iter()
+        .map(|&n| round(n as f64 / valid_rows))
+        .collect();
+    let mean_distance = valid_out
+        .chunks_exact(2)
+        .map(|p| f64::from(p[1]))
+        .sum::<f64>()
+        / valid_rows;
+
+    let dir = version_dir(args)?;
+    let model_file = "model.smartcore.json";
+    fs::write(dir.join(model_file), &bytes)?;
+    write_golden(
+        &args.valid,
+        &schema,
+        &mut backend,
+        args.golden_rows,
+        &dir.join("golden.csv"),
+    )?;
+
+    let mut card = toml::Table::new();
+    card.insert("description".into(), format!("{}: behavioural clusters of customers (smartcore K-Means, k = {k}); the score is the distance to the assigned centroid in standard deviations, `cluster_ids` the cluster", args.name).into());
+    card.insert("intended_use".into(), "segment rules (`scores.clusters == N`) and audience exploration; cluster ids are only stable within one version".into());
+    card.insert("algorithm".into(), format!("smartcore 0.7 KMeans (k-means++, seed {}, at most 300 iterations) on standardised features after the manifest's imputation", args.seed).into());
+    card.insert(
+        "data".into(),
+        format!(
+            "train: {rows} rows from {}; validation: {} rows from {}",
+            args.train.display(),
+            x_valid.nrows(),
+            args.valid.display()
+        )
+        .into(),
+    );
+    card.insert("trained_at".into(), trained_at());
+    let mut metrics = toml::Table::new();
+    metrics.insert("mean_distance_valid".into(), round(mean_distance).into());
+    metrics.insert("cluster_shares_valid".into(), valid_shares.clone().into());
+    card.insert("metrics".into(), metrics.into());
+    let clusters: Vec<toml::Value> = centroids
+        .iter()
+        .enumerate()
+        .map(|(id, c)| {
+            let mut t = toml::Table::new();
+            t.insert("id".into(), (id as i64).into());
+            t.insert("label".into(), cluster_label(&specs, c).into());
+            t.insert("train_rows".into(), (train_sizes[id] as i64).into());
+            t.insert("valid_share".into(), valid_shares[id].into());
+            let mut centroid = toml::Table::new();
+            for (j, spec) in specs.iter().enumerate() {
+                // Back to the feature's own units: what a marketer can read.
+                let v = c[j] * standardize.scale[j] + standardize.mean[j];
+                centroid.insert(spec.name.clone(), ((v * 100.0).round() / 100.0).into());
+            }
+            t.insert("centroid".into(), centroid.into());
+            t.into()
+        })
+        .collect();
+    card.insert("clusters".into(), clusters.into());
+
+    let manifest = Manifest {
+        name: args.name.clone(),
+        version: args.version,
+        task: Task::Clustering,
+        format: Format::Smartcore,
+        file: model_file.into(),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        score: ScoreSpec {
+            output: "distance".into(),
+            column: 0,
+        },
+        features: specs,
+        golden: GoldenSpec {
+            file: "golden.csv".into(),
+            tolerance: 1e-5,
+            latency_budget_ms: None,
+        },
+        breaking_change: false,
+        card,
+    };
+    fs::write(dir.join(MANIFEST_FILE), toml::to_string(&manifest)?)?;
+    Ok(valid_shares)
+}
+
+/// A short name for a cluster from its most distinctive features: the two
+/// largest standardised centroid coordinates, e.g. "high checkout_visits_7d,
+/// low recency_days"; "typical" when nothing stands out.
+fn cluster_label(specs: &[FeatureSpec], centroid: &[f64]) -> String {
+    let mut by_size: Vec<(usize, f64)> = centroid.iter().copied().enumerate().collect();
+    by_size.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    let words: Vec<String> = by_size
+        .iter()
+        .take(2)
+        .filter(|(_, z)| z.abs() >= 0.5)
+        .map(|&(j, z)| format!("{} {}", if z > 0.0 { "high" } else { "low" }, specs[j].name))
+        .collect();
+    if words.is_empty() {
+        "typical".into()
+    } else {
+        words.join(", ")
+    }
+}
+
 fn round(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
+}
+
+/// The feature matrix of a CSV (imputed and encoded as the server does).
+fn load_x(path: &Path, schema: &FeatureSchema) -> anyhow::Result<Array2<f32>> {
+    let (batch, _) = read_csv_batch(path, schema, "").map_err(anyhow::Error::msg)?;
+    Ok(schema.encode(&batch, 0..batch.rows())?)
 }
 
 fn load_xy(
@@ -257,14 +488,22 @@ fn write_golden(
     }
     let (batch, _) = read_csv_batch(&tmp, schema, "").map_err(anyhow::Error::msg)?;
     let scores = backend.score(schema.encode(&batch, 0..batch.rows())?.view())?;
+    // Clustering rows are `[cluster, distance]`: expected_cluster + expected.
+    let width = backend.outputs_per_row();
     let mut reader = csv::Reader::from_path(&tmp)?;
     let mut w = csv::Writer::from_path(out)?;
     let mut header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+    if width == 2 {
+        header.push("expected_cluster".into());
+    }
     header.push("expected".into());
     w.write_record(&header)?;
-    for (record, score) in reader.records().zip(scores) {
+    for (record, out) in reader.records().zip(scores.chunks_exact(width)) {
         let mut row: Vec<String> = record?.iter().map(str::to_owned).collect();
-        row.push(score.to_string());
+        if width == 2 {
+            row.push((out[0] as u32).to_string());
+        }
+        row.push(out[width - 1].to_string());
         w.write_record(&row)?;
     }
     w.flush()?;

@@ -23,11 +23,22 @@ use super::{gate::RequestGate, oip};
 use crate::{
     error::ApiError,
     features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema},
-    repository::{lifecycle::Lifecycle, Format, SharedRepository},
+    repository::{lifecycle::Lifecycle, Format, LoadedModel, SharedRepository, Task},
 };
 
 /// The single output every model exposes over OIP.
 const OUTPUT: &str = "score";
+/// Clustering models' second output: the assigned cluster of each row.
+const CLUSTER_OUTPUT: &str = "cluster_id";
+
+/// The output tensors a model has: `score`, plus `cluster_id` for clustering.
+fn output_names(model: &LoadedModel) -> &'static [&'static str] {
+    if model.manifest.task == Task::Clustering {
+        &[OUTPUT, CLUSTER_OUTPUT]
+    } else {
+        &[OUTPUT]
+    }
+}
 /// The single matrix input every model exposes over OIP.
 const INPUT: &str = "features";
 
@@ -65,14 +76,24 @@ impl InferenceService {
             .repository()
             .load()
             .resolve(&req.model_name, version, "")?;
+        let names = output_names(&model);
         for out in &req.outputs {
-            if out.name != OUTPUT {
+            if !names.contains(&out.name.as_str()) {
                 return Err(ApiError::InvalidArgument(format!(
-                    "model `{}` has no output `{}`; its output is `{OUTPUT}`",
-                    req.model_name, out.name
+                    "model `{}` has no output `{}`; its outputs are {}",
+                    req.model_name,
+                    out.name,
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
+        // No `outputs` in the request means every output, as in Triton.
+        let wanted =
+            |name: &str| req.outputs.is_empty() || req.outputs.iter().any(|o| o.name == name);
         let raw = !req.raw_input_contents.is_empty();
         let batch = tensors_to_batch(
             &model.schema,
@@ -84,33 +105,61 @@ impl InferenceService {
         let chunks = model
             .encode(&batch)
             .map_err(|e| ApiError::feature(&model, e))?;
-        let scores = model
+        let scored = model
             .run(chunks, deadline)
             .await
             .map_err(|e| ApiError::score(&model, e))?;
-        let mut output = oip::model_infer_response::InferOutputTensor {
-            name: OUTPUT.into(),
-            datatype: "FP32".into(),
-            shape: vec![rows as i64],
-            ..Default::default()
-        };
+        let mut outputs = Vec::new();
         let mut raw_output_contents = Vec::new();
-        if raw {
-            raw_output_contents.push(scores.iter().flat_map(|s| s.to_le_bytes()).collect());
-        } else {
-            output.contents = Some(oip::InferTensorContents {
-                fp32_contents: scores,
-                ..Default::default()
-            });
+        if wanted(OUTPUT) {
+            let mut output = tensor(OUTPUT, "FP32", rows);
+            if raw {
+                raw_output_contents
+                    .push(scored.scores.iter().flat_map(|s| s.to_le_bytes()).collect());
+            } else {
+                output.contents = Some(oip::InferTensorContents {
+                    fp32_contents: scored.scores,
+                    ..Default::default()
+                });
+            }
+            outputs.push(output);
+        }
+        if names.contains(&CLUSTER_OUTPUT) && wanted(CLUSTER_OUTPUT) {
+            let mut output = tensor(CLUSTER_OUTPUT, "UINT32", rows);
+            if raw {
+                raw_output_contents.push(
+                    scored
+                        .cluster_ids
+                        .iter()
+                        .flat_map(|s| s.to_le_bytes())
+                        .collect(),
+                );
+            } else {
+                output.contents = Some(oip::InferTensorContents {
+                    uint_contents: scored.cluster_ids,
+                    ..Default::default()
+                });
+            }
+            outputs.push(output);
         }
         Ok(oip::ModelInferResponse {
             model_name: model.name().into(),
             model_version: model.version().to_string(),
             id: req.id,
             parameters: HashMap::new(),
-            outputs: vec![output],
+            outputs,
             raw_output_contents,
         })
+    }
+}
+
+/// An output tensor of `rows` values, contents filled by the caller.
+fn tensor(name: &str, datatype: &str, rows: usize) -> oip::model_infer_response::InferOutputTensor {
+    oip::model_infer_response::InferOutputTensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape: vec![rows as i64],
+        ..Default::default()
     }
 }
 
@@ -516,11 +565,19 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
                 datatype: "FP32".into(),
                 shape: vec![-1, model.schema.len() as i64],
             }],
-            outputs: vec![TensorMetadata {
-                name: OUTPUT.into(),
-                datatype: "FP32".into(),
-                shape: vec![-1],
-            }],
+            outputs: output_names(&model)
+                .iter()
+                .map(|&name| TensorMetadata {
+                    name: name.into(),
+                    datatype: if name == CLUSTER_OUTPUT {
+                        "UINT32"
+                    } else {
+                        "FP32"
+                    }
+                    .into(),
+                    shape: vec![-1],
+                })
+                .collect(),
         }))
     }
 

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     error::ApiError,
     features::{BatchError, FeatureBatch},
-    repository::{routing, LoadedModel, Route, SharedRepository},
+    repository::{routing, LoadedModel, ModelOutput, Route, SharedRepository},
 };
 
 /// Per-request limits that protect the machine.
@@ -214,7 +214,9 @@ impl Planned {
             chunks: canary_chunks,
         }) = self.canary
         else {
-            out.scores = primary_run.await?;
+            let output = primary_run.await?;
+            out.scores = output.scores;
+            out.cluster_ids = output.cluster_ids;
             return Ok(out);
         };
         let canary_run = async {
@@ -223,24 +225,45 @@ impl Planned {
                 .await
                 .map_err(|e| ApiError::score(&canary, e))
         };
-        let (primary_scores, canary_scores) = futures::try_join!(primary_run, canary_run)?;
-        let mut scores = vec![0f32; rows];
-        let mut from_canary = canary_rows.iter().zip(canary_scores).peekable();
-        let mut from_primary = primary_scores.into_iter();
-        for (row, slot) in scores.iter_mut().enumerate() {
-            *slot = match from_canary.next_if(|(r, _)| **r == row) {
-                Some((_, score)) => score,
-                None => from_primary
-                    .next()
-                    .expect("rows are split between the two versions; this is a bug"),
-            };
-        }
-        out.scores = scores;
+        let (primary_out, canary_out) = futures::try_join!(primary_run, canary_run)?;
+        let merged = merge_split(rows, &canary_rows, primary_out, canary_out);
+        out.scores = merged.scores;
+        out.cluster_ids = merged.cluster_ids;
         out.canary_version = canary.version();
         out.canary_sha256 = canary.manifest.sha256.clone();
         out.canary_rows = canary_rows.iter().map(|&r| r as u32).collect();
         Ok(out)
     }
+}
+
+/// Puts a split request's outputs back in row order: `canary_rows`
+/// (ascending) came from `canary`, every other row, in order, from `primary`.
+fn merge_split(
+    rows: usize,
+    canary_rows: &[usize],
+    primary: ModelOutput,
+    canary: ModelOutput,
+) -> ModelOutput {
+    let clustering = !primary.cluster_ids.is_empty() || !canary.cluster_ids.is_empty();
+    let mut out = ModelOutput {
+        scores: Vec::with_capacity(rows),
+        cluster_ids: Vec::with_capacity(if clustering { rows } else { 0 }),
+    };
+    let (mut p, mut c) = (0, 0);
+    for row in 0..rows {
+        let (from, i) = if canary_rows.get(c) == Some(&row) {
+            c += 1;
+            (&canary, c - 1)
+        } else {
+            p += 1;
+            (&primary, p - 1)
+        };
+        out.scores.push(from.scores[i]);
+        if clustering {
+            out.cluster_ids.push(from.cluster_ids[i]);
+        }
+    }
+    out
 }
 
 /// The caller's deadline from the `grpc-timeout` header. tonic enforces it by
@@ -386,5 +409,40 @@ impl pb::scoring_server::Scoring for ScoringService {
         let model = model_info(&self.repository.load(), &name)
             .ok_or_else(|| Status::not_found(format!("model `{name}` not found")))?;
         Ok(Response::new(pb::GetModelResponse { model: Some(model) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_is_merged_back_in_row_order_with_cluster_ids() {
+        let primary = ModelOutput {
+            scores: vec![0.0, 2.0, 3.0],
+            cluster_ids: vec![10, 12, 13],
+        };
+        let canary = ModelOutput {
+            scores: vec![1.0, 4.0],
+            cluster_ids: vec![21, 24],
+        };
+        let merged = merge_split(5, &[1, 4], primary, canary);
+        assert_eq!(merged.scores, [0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(merged.cluster_ids, [10, 21, 12, 13, 24]);
+
+        let plain = merge_split(
+            3,
+            &[0],
+            ModelOutput {
+                scores: vec![5.0, 6.0],
+                cluster_ids: vec![],
+            },
+            ModelOutput {
+                scores: vec![4.0],
+                cluster_ids: vec![],
+            },
+        );
+        assert_eq!(plain.scores, [4.0, 5.0, 6.0]);
+        assert!(plain.cluster_ids.is_empty());
     }
 }

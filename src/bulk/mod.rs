@@ -57,7 +57,7 @@ impl Scorer {
                     let scores = model.score(&batch).await.with_context(|| {
                         format!("model `{}` version {}", model.name(), model.version())
                     })?;
-                    out.push(scores);
+                    out.push(scores.scores);
                 }
                 Ok(out)
             }

@@ -295,22 +295,23 @@ pub(crate) fn run_batch(
         }
     };
     let total: usize = entries.iter().map(|e| e.input.nrows()).sum();
+    let width = backend.outputs_per_row().max(1);
     match result {
-        Ok(scores) if scores.len() == total => {
+        Ok(scores) if scores.len() == total * width => {
             if let Some(m) = metrics {
                 let waits = entries.iter().map(|e| started - e.enqueued);
-                m.batch(waits, started.elapsed(), &scores);
+                m.batch(waits, started.elapsed(), total, &scores);
             }
             let mut offset = 0;
             for entry in entries {
-                let n = entry.input.nrows();
+                let n = entry.input.nrows() * width;
                 let _ = entry.reply.send(Ok(scores[offset..offset + n].to_vec()));
                 offset += n;
             }
         }
         Ok(scores) => {
             let message = format!(
-                "the model returned {} scores for {total} rows",
+                "the model returned {} values for {total} rows ({width} per row expected)",
                 scores.len()
             );
             for entry in entries {

@@ -30,8 +30,16 @@ pub enum ScoreError {
 /// A loaded model that scores encoded feature rows.
 pub trait Backend: Send {
     /// Scores every row of `input` (`[rows, features]`, the model's column order)
-    /// and returns one score per row.
+    /// and returns [`outputs_per_row`](Self::outputs_per_row) values per row,
+    /// row-major.
     fn score(&mut self, input: ArrayView2<'_, f32>) -> Result<Vec<f32>, BackendError>;
+
+    /// Values per scored row: 1 (a probability or a value), or 2 for
+    /// clustering (`[cluster id, distance]`). The batcher splits replies by it,
+    /// so one generic queue serves every task.
+    fn outputs_per_row(&self) -> usize {
+        1
+    }
 }
 
 /// Why a backend could not be built or could not score.

@@ -86,8 +86,6 @@ pub enum LoadError {
         budget_ms: f64,
         budget_from: &'static str,
     },
-    #[error("clustering models are not supported yet")]
-    Unsupported,
     #[error("starting workers: {0}")]
     Spawn(std::io::Error),
 }
@@ -144,28 +142,36 @@ impl LoadedModel {
             .collect()
     }
 
-    /// Scores encoded chunks through the batcher and returns the scores in row
-    /// order. Chunks not scored by `deadline` are dropped unscored.
+    /// Scores encoded chunks through the batcher and returns the outputs in
+    /// row order. Chunks not scored by `deadline` are dropped unscored.
     pub async fn run(
         &self,
         chunks: Vec<Array2<f32>>,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<Vec<f32>, ScoreError> {
+    ) -> Result<ModelOutput, ScoreError> {
         let total: usize = chunks.iter().map(|c| c.nrows()).sum();
         let receivers = self.batcher.submit(chunks, deadline)?;
-        let mut scores = Vec::with_capacity(total);
+        let clustering = self.manifest.task == Task::Clustering;
+        let mut out = ModelOutput {
+            scores: Vec::with_capacity(total),
+            cluster_ids: Vec::with_capacity(if clustering { total } else { 0 }),
+        };
         for rx in receivers {
             // A dropped reply means the worker died mid-batch.
             let part = rx
                 .await
                 .map_err(|_| ScoreError::Backend("the worker stopped while scoring".into()))??;
-            scores.extend(part);
+            if clustering {
+                out.extend_clustering(&part);
+            } else {
+                out.scores.extend(part);
+            }
         }
-        Ok(scores)
+        Ok(out)
     }
 
     /// Encode + run, for callers that validated nothing beforehand.
-    pub async fn score(&self, batch: &FeatureBatch) -> Result<Vec<f32>, LoadModelScoreError> {
+    pub async fn score(&self, batch: &FeatureBatch) -> Result<ModelOutput, LoadModelScoreError> {
         let chunks = self.encode(batch)?;
         Ok(self.run(chunks, None).await?)
     }
@@ -181,6 +187,39 @@ impl Drop for LoadedModel {
         // The last request holding this version finished (or it never served):
         // its workers stop with the batcher.
         tracing::info!(model = %self.manifest.name, version = self.manifest.version, "model version unloaded");
+    }
+}
+
+/// What one model returned for a set of rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelOutput {
+    /// One per row: the probability, the value, or (clustering) the distance
+    /// to the assigned centroid in the model's standardised units.
+    pub scores: Vec<f32>,
+    /// Clustering only: the assigned cluster of each row; empty otherwise.
+    pub cluster_ids: Vec<u32>,
+}
+
+impl ModelOutput {
+    /// Appends a clustering backend's `[cluster id, distance]` pairs.
+    fn extend_clustering(&mut self, pairs: &[f32]) {
+        for pair in pairs.chunks_exact(2) {
+            // Ids are small integers written as f32 by the backend: exact.
+            self.cluster_ids.push(pair[0] as u32);
+            self.scores.push(pair[1]);
+        }
+    }
+
+    /// Keeps the rows in `rows` (ascending or not), in that order.
+    pub fn select(&self, rows: &[usize]) -> ModelOutput {
+        ModelOutput {
+            scores: rows.iter().map(|&r| self.scores[r]).collect(),
+            cluster_ids: if self.cluster_ids.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|&r| self.cluster_ids[r]).collect()
+            },
+        }
     }
 }
 
@@ -242,9 +281,6 @@ pub fn validate(
         }
     }
     let schema = FeatureSchema::new(manifest.features.clone())?;
-    if manifest.task == Task::Clustering {
-        return Err(LoadError::Unsupported);
-    }
     let model_path = dir.join(&manifest.file);
     let bytes = std::fs::read(&model_path).map_err(|source| LoadError::ModelFile {
         path: model_path.clone(),
@@ -432,6 +468,25 @@ pub fn read_csv_batch(
     Ok((batch, extra_values))
 }
 
+/// One column of a CSV as text (the golden set's second expected column).
+fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let idx = reader
+        .headers()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| format!("no `{name}` column"))?;
+    reader
+        .records()
+        .map(|r| {
+            r.map(|r| r.get(idx).unwrap_or_default().to_owned())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 fn check_golden(
     dir: &Path,
     manifest: &Manifest,
@@ -455,7 +510,29 @@ fn check_golden(
     let input = schema
         .encode(&batch, 0..batch.rows())
         .map_err(|e| golden(format!("{e}")))?;
-    let got = backend.score(input.view())?;
+    let raw = backend.score(input.view())?;
+    let clustering = manifest.task == Task::Clustering;
+    let width = if clustering { 2 } else { 1 };
+    if raw.len() != batch.rows() * width {
+        return Err(golden(format!(
+            "the model returned {} values for {} rows ({width} per row expected)",
+            raw.len(),
+            batch.rows()
+        )));
+    }
+    // Clustering rows are `[cluster id, distance]`; the score is the distance.
+    let got: Vec<f32> = raw.chunks_exact(width).map(|r| r[width - 1]).collect();
+    if clustering {
+        let clusters = read_column(&path, "expected_cluster").map_err(golden)?;
+        for (row, (pair, want)) in raw.chunks_exact(2).zip(&clusters).enumerate() {
+            if want.trim().parse::<u32>().ok() != Some(pair[0] as u32) {
+                return Err(golden(format!(
+                    "row {row}: cluster {} differs from the expected cluster `{want}`",
+                    pair[0]
+                )));
+            }
+        }
+    }
     let tolerance = manifest.golden.tolerance;
     let mut max_abs_diff = 0f64;
     for (row, (&g, &e)) in got.iter().zip(&expected).enumerate() {

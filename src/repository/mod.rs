@@ -16,7 +16,7 @@ use std::{
 
 use tracing::{info, warn};
 
-pub use load::{EngineConfig, LoadError, LoadedModel, Phase};
+pub use load::{EngineConfig, LoadError, LoadedModel, ModelOutput, Phase};
 pub use manifest::{Format, Manifest, Task, MANIFEST_FILE};
 pub use routing::{Routing, CANARY_LABEL, DEFAULT_LABEL, LABELS_FILE};
 pub use tracker::Tracker;

@@ -37,7 +37,10 @@ async fn embedded_and_remote_scoring_write_identical_outputs() {
     );
     assert_eq!(embedded, remote);
     let mut lines = embedded.lines();
-    assert_eq!(lines.next(), Some("customer_id,churn,ltv,propensity"));
+    assert_eq!(
+        lines.next(),
+        Some("customer_id,churn,clusters,ltv,propensity")
+    );
     let rows: Vec<&str> = lines.collect();
     let input_rows = std::fs::read_to_string(sample_users())
         .unwrap()

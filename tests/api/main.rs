@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod cli;
+mod clustering;
 mod inference;
 mod lifecycle;
 mod metrics;

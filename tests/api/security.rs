@@ -246,19 +246,28 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     let err = app.score(ltv_row()).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
-    let count = |code: &str| {
-        let key = format!("segscore_requests_total{{code=\"{code}\",method=\"Score\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    // A probe is counted when its handler ends, which on a loaded machine
+    // can trail the client's error a little: poll, bounded.
+    let polled = std::time::Instant::now();
+    let (exceeded, text) = loop {
+        let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
+        let count = |code: &str| {
+            let key = format!("segscore_requests_total{{code=\"{code}\",method=\"Score\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .map_or(0.0, |v| v.parse::<f64>().unwrap())
+        };
+        let exceeded = count("DeadlineExceeded");
+        if exceeded >= 1.0 || polled.elapsed() > Duration::from_secs(10) {
+            break (exceeded, text);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     // The default-deadline probe was answered DEADLINE_EXCEEDED by the
-    // server; the header probe too, unless the client's timer hung up first
-    // (then the server dropped the work and counted it CANCELLED).
-    let (exceeded, cancelled) = (count("DeadlineExceeded"), count("Cancelled"));
+    // server itself (that client had no timer of its own). The header probe
+    // is not counted here: when the client's timer fires first, on a loaded
+    // machine it can reset the stream before the server even dispatched it.
     assert!(exceeded >= 1.0, "{text}");
-    assert!(exceeded + cancelled >= 2.0, "{text}");
     for b in busy {
         let _ = b.await.unwrap();
     }
