@@ -56,12 +56,15 @@ fn dtypes() -> HashMap<String, DType> {
 
 /// The same rows as typed Parquet (nulls for empty cells), `group_rows` rows
 /// per row group.
+fn cell(r: &csv::StringRecord, i: usize) -> Option<&str> {
+    r.get(i).filter(|c| !c.is_empty())
+}
+
 fn csv_to_parquet(csv_text: &str, path: &Path, group_rows: usize) {
     let dtypes = dtypes();
     let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    let cell = |r: &csv::StringRecord, i: usize| r.get(i).filter(|c| !c.is_empty());
     let arrays: Vec<(String, ArrayRef)> = header
         .iter()
         .enumerate()
@@ -87,7 +90,7 @@ fn csv_to_parquet(csv_text: &str, path: &Path, group_rows: usize) {
         .collect();
     let batch = RecordBatch::try_from_iter(arrays).unwrap();
     let props = WriterProperties::builder()
-        .set_max_row_group_size(group_rows)
+        .set_max_row_group_row_count(Some(group_rows))
         .build();
     let mut w =
         ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
@@ -380,7 +383,7 @@ async fn bad_rows_go_to_the_rejects_file_and_strict_fails_on_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let text = tiled_csv(8);
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    let header: Vec<&str> = lines[0].split(',').collect();
+    let header: Vec<String> = lines[0].split(',').map(String::from).collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let mut set = |row: usize, name: &str, value: &str| {
         let mut cells: Vec<String> = lines[row + 1].split(',').map(String::from).collect();
