@@ -14,7 +14,7 @@ BIN := target/release/segscore
 SEED ?= 20261123
 CUSTOMERS ?= 50000
 
-.PHONY: run test build venv lint models validate bench clean deploy-check
+.PHONY: run test build venv lint models validate bench bench-bulk bulk-data clean deploy-check
 
 # The venv carries the pinned onnxruntime wheel, whose libonnxruntime.so the
 # server loads (ort load-dynamic), plus the training pipeline's dependencies.
@@ -54,6 +54,21 @@ lint:
 # The benchmark suite (about a minute; loopback only); rewrites BENCHMARKS.md.
 bench: build
 	$(BIN) bench --seconds 2
+
+# A ROWS-row Parquet feature file for bulk benchmarks, written chunk by chunk
+# (bounded memory) from the generator's sample_users.csv distribution.
+ROWS ?= 10000000
+BULK_DATA := target/bulk/customers-$(ROWS).parquet
+$(BULK_DATA): training/bulk_data.py $(VENV_STAMP)
+	$(VENV)/bin/python training/bulk_data.py --rows $(ROWS) --out $@
+
+bulk-data: $(BULK_DATA)
+
+# The bulk scoring benchmark on that file: in-process ORT, embedded
+# `segscore score` Parquet -> Parquet, and remote through one local server;
+# adds its section to BENCHMARKS.md.
+bench-bulk: build $(BULK_DATA)
+	$(BIN) bench --bulk-input $(BULK_DATA)
 
 # The Dockerfile and deploy/ manifests, offline (see deploy/README.md); flags
 # are checked against $(BIN)'s --help when it exists.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+import sys
 import warnings
 from pathlib import Path
 
@@ -356,7 +357,7 @@ def test_kubernetes_versions_are_bundled():
 
 HELP = {
     "serve": ["--models", "--addr", "--workers", "--shutdown-timeout-secs", "--log-format", "--metrics-addr"],
-    "score": ["--input", "--output", "--models-dir", "--workers", "--log-format"],
+    "score": ["--input", "--output", "--models-dir", "--workers", "--log-format", "--shard", "--resume"],
     "models validate": ["--workers", "--latency-budget-ms", "--log-format"],
 }
 ENVS = {"serve": ["ORT_DYLIB_PATH"], "score": ["ORT_DYLIB_PATH"], "models validate": ["ORT_DYLIB_PATH"]}
@@ -379,7 +380,7 @@ def fake_binary(tmp_path: Path, extra: dict[str, list[str]] | None = None) -> Pa
 
 
 def test_flags_are_checked_against_help(repo, tmp_path):
-    binary = fake_binary(tmp_path, {"score": ["--shard"]})
+    binary = fake_binary(tmp_path)
     report = validate.validate(repo, binary)
     assert report.errors == []
     assert not any("--shard" in n for n in report.notes)
@@ -387,13 +388,13 @@ def test_flags_are_checked_against_help(repo, tmp_path):
 
 def test_unknown_flag_is_reported(repo, tmp_path):
     edit_text(repo / "deploy/k8s/deployment.yaml", "- --workers", "- --worker")
-    binary = fake_binary(tmp_path, {"score": ["--shard"]})
+    binary = fake_binary(tmp_path)
     assert_reported(errors_of(repo, binary), "deployment.yaml", "no flag --worker")
 
 
 def test_unknown_flag_in_the_job_script_is_reported(repo, tmp_path):
     edit_text(repo / "deploy/k8s/bulk-score-job.yaml", "--models-dir /models", "--model-dir /models")
-    binary = fake_binary(tmp_path, {"score": ["--shard"]})
+    binary = fake_binary(tmp_path)
     assert_reported(errors_of(repo, binary), "bulk-score-job.yaml", "no flag --model-dir")
 
 
@@ -402,14 +403,23 @@ def test_unknown_env_var_is_reported(repo, tmp_path):
         serving_container(d).setdefault("env", []).append({"name": "SEGSCORE_WORKER", "value": "2"})
 
     edit_yaml(repo / "deploy/k8s/deployment.yaml", change)
-    binary = fake_binary(tmp_path, {"score": ["--shard"]})
+    binary = fake_binary(tmp_path)
     assert_reported(errors_of(repo, binary), "deployment.yaml", "SEGSCORE_WORKER")
 
 
-def test_planned_flag_missing_from_the_binary_is_a_note(repo, tmp_path):
+def test_planned_flag_missing_from_the_binary_is_a_note(repo, tmp_path, monkeypatch):
+    monkeypatch.setitem(validate.PLANNED_FLAGS, ("score", "--shard"), "`--shard K/N`")
+    HELP_WITHOUT_SHARD = {**HELP, "score": [f for f in HELP["score"] if f != "--shard"]}
+    monkeypatch.setattr(sys.modules[__name__], "HELP", HELP_WITHOUT_SHARD)
     report = validate.validate(repo, fake_binary(tmp_path))
     assert report.errors == []
     assert any("--shard" in n and "planned" in n for n in report.notes)
+
+
+def test_shard_flag_missing_from_the_binary_is_an_error(repo, tmp_path, monkeypatch):
+    HELP_WITHOUT_SHARD = {**HELP, "score": [f for f in HELP["score"] if f != "--shard"]}
+    monkeypatch.setattr(sys.modules[__name__], "HELP", HELP_WITHOUT_SHARD)
+    assert_reported(errors_of(repo, fake_binary(tmp_path)), "bulk-score-job.yaml", "no flag --shard")
 
 
 def test_missing_binary_is_a_note(repo, tmp_path):

@@ -65,9 +65,8 @@ KSERVE_CORE_VERSION = KUBERNETES_VERSIONS[-1]
 # deploy/README.md): a Job is a one-off run, and its data claim is optional.
 ON_DEMAND = {"bulk-score-job.yaml", "bulk-data-pvc.yaml"}
 # Flags the deployment files use by contract before the binary has them.
-PLANNED_FLAGS = {
-    ("score", "--shard"): "`--shard K/N` (issue 10: bulk scoring in an Indexed Job)",
-}
+# (`segscore score --shard K/N` was one; the binary has it since issue 8.)
+PLANNED_FLAGS: dict[tuple[str, str], str] = {}
 # segscore serve's default --shutdown-timeout-secs.
 DEFAULT_SHUTDOWN_TIMEOUT_SECS = 30
 KUSTOMIZATION_KEYS = {

@@ -288,10 +288,15 @@ impl ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ScoreArgs {
-    /// Input CSV: an id column plus feature columns (header row required).
+    /// Input file, CSV (`.csv`) or Parquet (`.parquet`, `.pq`): an id column
+    /// plus feature columns (CSV: header row required). Read in chunks of
+    /// --batch-rows, never whole.
     #[arg(long, env = "SEGSCORE_INPUT")]
     pub input: PathBuf,
-    /// Output CSV: the id column plus one score column per model.
+    /// Output file, Parquet (`.parquet`, `.pq`) or CSV (`.csv`): the id column
+    /// plus one score column per model, in input order. Parquet carries the
+    /// models' names, versions and sha256 in its key-value metadata; CSV gets
+    /// them in `<output>.meta.json`.
     #[arg(long, env = "SEGSCORE_OUTPUT")]
     pub output: PathBuf,
     /// Models to apply (comma-separated, `name` or `name:version`). Default:
@@ -301,17 +306,85 @@ pub struct ScoreArgs {
     /// The id column, copied to the output and never logged.
     #[arg(long, env = "SEGSCORE_ID_COLUMN", default_value = "customer_id")]
     pub id_column: String,
-    /// Rows per request (remote) or per scoring call (embedded).
+    /// Rows per chunk: one ScoreStream request (remote) or one scoring call
+    /// (embedded). CSV shards and --resume positions are counted in chunks, so
+    /// keep it the same across shards and resumed runs.
     #[arg(long, env = "SEGSCORE_BATCH_ROWS", default_value_t = 4096)]
     pub batch_rows: usize,
-    /// Server to score against (http://host:port); none = score in-process.
-    #[arg(long, env = "SEGSCORE_SCORE_ADDR")]
-    pub addr: Option<String>,
+    /// Server to score against (http://host:port); repeat (or comma-separate)
+    /// to spread chunks over several servers, one ScoreStream each. None =
+    /// score in-process.
+    #[arg(long, env = "SEGSCORE_SCORE_ADDR", value_delimiter = ',')]
+    pub addr: Vec<String>,
+    /// Chunks in flight per server stream (remote) or in the in-process
+    /// engine (embedded); bounds memory together with --batch-rows.
+    #[arg(long, env = "SEGSCORE_IN_FLIGHT", default_value_t = 4)]
+    pub in_flight: usize,
+    /// Score only shard K of N (K from 0): Parquet row groups i with
+    /// i % N == K; CSV chunks (of --batch-rows rows) c with c % N == K. The N
+    /// shards' outputs together hold every row exactly once.
+    #[arg(long, env = "SEGSCORE_SHARD")]
+    pub shard: Option<Shard>,
+    /// Continue an interrupted run from its last committed part (see
+    /// `<output>.parts/`), without duplicating or losing rows. Without it, a
+    /// leftover `<output>.parts/` is discarded and the job starts over.
+    #[arg(long, env = "SEGSCORE_RESUME", default_value_t = false)]
+    pub resume: bool,
+    /// Where rows with invalid values go (CSV: row,column,reason; row = the
+    /// 0-based data row index in the input). Default: `<output>.rejects.csv`.
+    #[arg(long, env = "SEGSCORE_REJECTS")]
+    pub rejects: Option<PathBuf>,
+    /// Fail on the first invalid row (naming its row and column) instead of
+    /// writing it to the rejects file.
+    #[arg(long, env = "SEGSCORE_STRICT", default_value_t = false)]
+    pub strict: bool,
+    /// Output rows per committed part: the unit --resume restarts from.
+    #[arg(long, env = "SEGSCORE_PART_ROWS", default_value_t = 1_000_000)]
+    pub part_rows: usize,
+    /// Test hook: exit abruptly after committing this many parts, leaving the
+    /// next part half written, as a crash would.
+    #[arg(long, hide = true)]
+    pub fail_after_parts: Option<usize>,
     /// Model repository for in-process scoring.
     #[arg(long = "models-dir", env = "SEGSCORE_MODELS", default_value = "models")]
     pub models_dir: PathBuf,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// `--shard K/N`: the K-th (from 0) of N shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    /// Whether unit `i` (a row group or a chunk) belongs to this shard.
+    pub fn owns(&self, i: u64) -> bool {
+        i % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}`: expected K/N with 0 <= K < N, e.g. 0/8");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u64 = k.trim().parse().map_err(|_| bad())?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
 }
 
 /// Parses the command line, then fills `serve` options left at their defaults

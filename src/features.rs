@@ -187,6 +187,53 @@ pub enum FeatureError {
     },
 }
 
+impl FeatureError {
+    /// The feature the error is about.
+    pub fn feature(&self) -> &str {
+        match self {
+            FeatureError::MissingColumn { feature }
+            | FeatureError::MissingValue { feature, .. }
+            | FeatureError::WrongDtype { feature, .. }
+            | FeatureError::OutOfRange { feature, .. }
+            | FeatureError::NotInteger { feature, .. }
+            | FeatureError::UnknownCategory { feature, .. } => feature,
+        }
+    }
+
+    /// The row (index in the batch) for a per-value error; None when the
+    /// whole column is unusable.
+    pub fn row(&self) -> Option<usize> {
+        match self {
+            FeatureError::MissingColumn { .. } | FeatureError::WrongDtype { .. } => None,
+            FeatureError::MissingValue { row, .. }
+            | FeatureError::OutOfRange { row, .. }
+            | FeatureError::NotInteger { row, .. }
+            | FeatureError::UnknownCategory { row, .. } => Some(*row),
+        }
+    }
+
+    /// What is wrong with the value, without the feature and row (for a
+    /// rejects file that has its own columns for those).
+    pub fn reason(&self) -> String {
+        match self {
+            FeatureError::MissingColumn { .. } => {
+                "required column is absent (missing = \"reject\")".into()
+            }
+            FeatureError::MissingValue { .. } => {
+                "missing (or NaN) and the model rejects missing values".into()
+            }
+            FeatureError::WrongDtype { expected, got, .. } => {
+                format!("expected dtype {expected}, the column holds {got} values")
+            }
+            FeatureError::OutOfRange { min, max, .. } => format!("out of range [{min}, {max}]"),
+            FeatureError::NotInteger { .. } => "not an integer".into(),
+            FeatureError::UnknownCategory { expected, .. } => {
+                format!("unknown category (expected one of: {expected})")
+            }
+        }
+    }
+}
+
 impl FeatureSchema {
     pub fn new(specs: Vec<FeatureSpec>) -> Result<Self, SchemaError> {
         if specs.is_empty() {
@@ -283,6 +330,51 @@ impl FeatureSchema {
             Array2::from_shape_vec((n, width), out)
                 .expect("buffer sized rows*width; this is a bug"),
         )
+    }
+}
+
+impl FeatureSchema {
+    /// Every invalid value of `batch` for this model, at most one per (row,
+    /// feature), in feature then row order: the checks [`encode`](Self::encode)
+    /// makes, run to the end instead of stopping at the first failure, so a
+    /// bulk job can set bad rows aside and send only valid ones. Err for a
+    /// column-level problem (a required column absent, a wrong dtype), which
+    /// no row selection can fix.
+    pub fn row_errors(&self, batch: &FeatureBatch) -> Result<Vec<FeatureError>, FeatureError> {
+        let n = batch.rows();
+        let mut errors = Vec::new();
+        // A one-column scratch buffer: the encoded values are discarded.
+        let mut scratch = vec![0f32; n];
+        for feature in &self.features {
+            let Some(column) = batch.columns.get(&feature.spec.name) else {
+                if feature.impute.is_none() {
+                    return Err(FeatureError::MissingColumn {
+                        feature: feature.spec.name.clone(),
+                    });
+                }
+                continue;
+            };
+            let mut start = 0;
+            while start < n {
+                let mut sink = Sink {
+                    feature,
+                    out: &mut scratch,
+                    width: 1,
+                    col: 0,
+                };
+                match sink.fill(column, start..n) {
+                    Ok(()) => break,
+                    Err(e) => match e.row() {
+                        Some(row) => {
+                            start = row + 1;
+                            errors.push(e);
+                        }
+                        None => return Err(e),
+                    },
+                }
+            }
+        }
+        Ok(errors)
     }
 }
 
@@ -522,6 +614,22 @@ impl Column {
         })
     }
 
+    /// The values at `rows` (indices into this column, in the given order).
+    pub fn select(&self, rows: &[usize]) -> Column {
+        fn pick<T: Clone>(v: &[T], rows: &[usize]) -> Vec<T> {
+            rows.iter().map(|&r| v[r].clone()).collect()
+        }
+        let values = match &self.values {
+            ColumnValues::F32(v) => ColumnValues::F32(pick(v, rows)),
+            ColumnValues::F64(v) => ColumnValues::F64(pick(v, rows)),
+            ColumnValues::I64(v) => ColumnValues::I64(pick(v, rows)),
+            ColumnValues::Bool(v) => ColumnValues::Bool(pick(v, rows)),
+            ColumnValues::Category(v) => ColumnValues::Category(pick(v, rows)),
+        };
+        let missing = self.missing.as_ref().map(|m| pick(m, rows));
+        Column { values, missing }
+    }
+
     #[inline]
     pub fn is_missing(&self, row: usize) -> bool {
         self.missing.as_ref().is_some_and(|m| m[row])
@@ -590,6 +698,23 @@ impl FeatureBatch {
         self.columns.get(name)
     }
 
+    /// A batch of the rows `rows` (indices into this batch, in that order);
+    /// Err(Empty) when `rows` is empty.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<FeatureBatch, BatchError> {
+        if rows.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        let columns = self
+            .columns
+            .iter()
+            .map(|(name, c)| (name.clone(), c.select(rows)))
+            .collect();
+        Ok(FeatureBatch {
+            rows: rows.len(),
+            columns,
+        })
+    }
+
     /// Consumes the batch into its named columns (any order).
     pub fn into_columns(self) -> impl Iterator<Item = (String, Column)> {
         self.columns.into_iter()
@@ -653,6 +778,29 @@ impl ColumnBuilder {
             ColumnValues::Category(v) => v.push(cell.to_owned()),
         }
         Ok(())
+    }
+
+    /// Appends a missing value (a cell that could not be parsed, once the
+    /// caller has recorded why), keeping the column aligned with its rows.
+    pub fn push_missing(&mut self) {
+        let row = self.values.len() as u32;
+        self.missing.push(row);
+        match &mut self.values {
+            ColumnValues::F32(v) => v.push(f32::NAN),
+            ColumnValues::F64(v) => v.push(f64::NAN),
+            ColumnValues::I64(v) => v.push(0),
+            ColumnValues::Bool(v) => v.push(false),
+            ColumnValues::Category(v) => v.push(String::new()),
+        }
+    }
+
+    /// Number of cells pushed so far.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
     }
 
     pub fn finish(self) -> Column {
@@ -842,6 +990,52 @@ mod tests {
             "name = \"a\"\ndtype = \"f32\"\nmissing = \"drop\"\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn row_errors_lists_every_bad_value_and_matches_encode() {
+        let s = schema();
+        let b = batch(vec![
+            (
+                "n",
+                Column::new(ColumnValues::F64(vec![1.0, 1.5, 2.0, f64::NAN, 200.0]))
+                    .with_missing_rows(&[3])
+                    .unwrap(),
+            ),
+            (
+                "cat",
+                Column::new(ColumnValues::Category(vec![
+                    "a".into(),
+                    "zz".into(),
+                    "b".into(),
+                    "a".into(),
+                    "a".into(),
+                ])),
+            ),
+        ]);
+        let errors = s.row_errors(&b).unwrap();
+        let got: Vec<(&str, Option<usize>)> =
+            errors.iter().map(|e| (e.feature(), e.row())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("n", Some(1)),
+                ("n", Some(3)),
+                ("n", Some(4)),
+                ("cat", Some(1))
+            ]
+        );
+        assert_eq!(errors[0].reason(), "not an integer");
+        // encode() fails on the first of them; the good rows encode.
+        assert_eq!(s.encode(&b, 0..5).unwrap_err(), errors[0]);
+        let good = b.select_rows(&[0, 2]).unwrap();
+        assert!(s.row_errors(&good).unwrap().is_empty());
+        assert_eq!(s.encode(&good, 0..2).unwrap().nrows(), 2);
+        let no_n = batch(vec![("x", Column::new(ColumnValues::F32(vec![1.0])))]);
+        assert!(matches!(
+            s.row_errors(&no_n),
+            Err(FeatureError::MissingColumn { .. })
+        ));
     }
 
     #[test]

@@ -44,13 +44,22 @@ fn main() -> ExitCode {
             app.run_until_stopped(shutdown_signal()).await
         }),
         Command::Score(args) => rt.block_on(async {
-            let summary = bulk::run(args).await?;
+            let s = bulk::run(args).await?;
+            let models: Vec<String> = s
+                .models
+                .iter()
+                .map(|m| format!("{}:{}", m.name, m.version))
+                .collect();
             eprintln!(
-                "scored {} rows with {:?} in {:.2}s ({:.0} rows/s)",
-                summary.rows,
-                summary.models,
-                summary.seconds,
-                summary.rows as f64 / summary.seconds.max(1e-9)
+                "read {} rows: {} scored, {} rejected (see {}), with {} in {:.2}s ({:.0} rows/s); wrote {}",
+                s.rows_read,
+                s.rows_scored,
+                s.rows_rejected,
+                s.rejects.display(),
+                models.join(", "),
+                s.seconds,
+                s.rows_per_second,
+                s.output.display()
             );
             Ok(())
         }),

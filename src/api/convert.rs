@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::pb;
 use crate::{
     error::ApiError,
-    features::{Column, ColumnValues, FeatureBatch, FeatureSpec, MissingPolicy},
+    features::{
+        Column, ColumnValues, DType, FeatureBatch, FeatureSpec, ImputeValue, MissingPolicy,
+    },
     repository::{ModelEntry, Phase, Repository, Task, VersionStatus},
 };
 
@@ -127,6 +129,56 @@ impl From<&FeatureSpec> for pb::FeatureSpec {
             impute_value,
             description: spec.description.clone().unwrap_or_default(),
         }
+    }
+}
+
+impl TryFrom<&pb::FeatureSpec> for FeatureSpec {
+    type Error = String;
+
+    /// The inverse of the conversion above, for clients (the bulk job) that
+    /// validate rows against a server's schema before sending them.
+    fn try_from(spec: &pb::FeatureSpec) -> Result<Self, String> {
+        let dtype = match spec.dtype.as_str() {
+            "f32" => DType::F32,
+            "f64" => DType::F64,
+            "i64" => DType::I64,
+            "bool" => DType::Bool,
+            "category" => DType::Category,
+            other => return Err(format!("feature `{}`: unknown dtype `{other}`", spec.name)),
+        };
+        let missing = match spec.missing.as_str() {
+            "reject" => MissingPolicy::Reject,
+            "impute" => {
+                let text = spec.impute_value.as_str();
+                let value = match dtype {
+                    DType::Bool => ImputeValue::Bool(text.parse().map_err(|_| {
+                        format!("feature `{}`: impute value is not a bool", spec.name)
+                    })?),
+                    DType::Category => ImputeValue::Text(text.to_string()),
+                    DType::F32 | DType::F64 | DType::I64 => {
+                        ImputeValue::Number(text.parse().map_err(|_| {
+                            format!("feature `{}`: impute value is not a number", spec.name)
+                        })?)
+                    }
+                };
+                MissingPolicy::Impute(value)
+            }
+            other => {
+                return Err(format!(
+                    "feature `{}`: unknown missing policy `{other}`",
+                    spec.name
+                ))
+            }
+        };
+        Ok(FeatureSpec {
+            name: spec.name.clone(),
+            description: (!spec.description.is_empty()).then(|| spec.description.clone()),
+            dtype,
+            min: spec.min,
+            max: spec.max,
+            categories: spec.categories.clone(),
+            missing,
+        })
     }
 }
 
@@ -258,4 +310,33 @@ fn info_of(repository: &Repository, name: &str, transient: &Transient) -> Option
         loads_failed: entry.loads_failed,
         canary_percent: entry.routing.canary().map_or(0.0, |(_, p)| p),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_specs_round_trip_through_the_wire_form() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("training/features.toml"),
+        )
+        .unwrap();
+        #[derive(serde::Deserialize)]
+        struct File {
+            features: Vec<FeatureSpec>,
+        }
+        let file: File = toml::from_str(&text).unwrap();
+        for spec in &file.features {
+            let wire = pb::FeatureSpec::from(spec);
+            assert_eq!(&FeatureSpec::try_from(&wire).unwrap(), spec);
+        }
+        let bad = pb::FeatureSpec {
+            name: "x".into(),
+            dtype: "f32".into(),
+            missing: "drop".into(),
+            ..Default::default()
+        };
+        assert!(FeatureSpec::try_from(&bad).unwrap_err().contains("`x`"));
+    }
 }

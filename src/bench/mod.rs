@@ -27,6 +27,8 @@ use ndarray::{concatenate, Array2, Axis};
 use serde::Serialize;
 use tonic::transport::Channel;
 
+mod bulk;
+
 use crate::{
     api::{
         oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
@@ -72,6 +74,15 @@ pub struct BenchArgs {
     /// Path to libonnxruntime.so (default: searched in .venv).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
+    /// Run the bulk suite instead, on this feature file (`make bulk-data`):
+    /// in-process ORT on every row with each shipped ONNX model, then
+    /// `segscore score` on the same file embedded and against one local
+    /// server; adds a "Bulk scoring" section to --output.
+    #[arg(long)]
+    pub bulk_input: Option<PathBuf>,
+    /// Rows per chunk in the bulk suite (in-process calls and --batch-rows).
+    #[arg(long, default_value_t = 8192)]
+    pub bulk_batch_rows: usize,
 }
 
 /// One measured case; also its JSON line.
@@ -108,6 +119,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
     let models = onnx_models(&args.models)?;
     if models.is_empty() {
         bail!("{}: no ONNX model to benchmark", args.models.display());
+    }
+    if let Some(input) = &args.bulk_input {
+        bulk::run(&args, input, &models, workers).await?;
+        return Ok(Vec::new());
     }
     let mut results = Vec::new();
 
@@ -365,10 +380,19 @@ impl Server {
     }
 
     fn rss_mib(&self) -> Option<f64> {
+        self.status_mib("VmRSS:")
+    }
+
+    /// Peak resident memory so far (VmHWM).
+    fn peak_rss_mib(&self) -> Option<f64> {
+        self.status_mib("VmHWM:")
+    }
+
+    fn status_mib(&self, key: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let kb: f64 = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
+            .find(|l| l.starts_with(key))?
             .split_whitespace()
             .nth(1)?
             .parse()

@@ -1,29 +1,72 @@
-//! `segscore score`: scores a CSV of customers with one or more models and
-//! writes the ids plus one score column per model. With `--addr` it calls a
-//! running server (Score, one request per chunk); without, it loads the
-//! repository and scores in-process through the same engine, so both give the
-//! same numbers. The input is read in chunks of `--batch-rows`, never whole.
+//! `segscore score`: the bulk scoring job. Reads a CSV or Parquet file in
+//! chunks of `--batch-rows`, sets invalid rows aside, scores the rest with one
+//! or more models (in-process, or over `ScoreStream` against one or more
+//! servers) and writes the id plus one score column per model, in input order,
+//! to a Parquet or CSV file.
+//!
+//! The pipeline, each stage bounded so memory does not grow with the input:
+//! - a reader thread ([`read`]) cuts the input into chunks and validates every
+//!   row against every selected model's feature schema
+//!   ([`FeatureSchema::row_errors`], the server's own checks), so each chunk
+//!   sent on is all-valid and a bad row becomes a line in the rejects file
+//!   (or, with `--strict`, the job's error naming its row and column);
+//! - the scorer: embedded, the repository's engine with `--in-flight` chunks
+//!   at once; remote, one `ScoreStream` per `--addr`, each pulling the next
+//!   chunk from a shared queue whenever it has fewer than `--in-flight` chunks
+//!   out, so faster servers take more of the work;
+//! - a writer thread ([`write`]) puts chunks back in input order and writes
+//!   them into numbered parts committed by an atomic checkpoint, which is what
+//!   `--resume` restarts from; at the end the parts are assembled into the
+//!   output. A window of chunks between dispatch and write bounds what the
+//!   reorder buffer can hold when one server is slow.
+//!
+//! Rows are numbered from 0 (the first data row after a CSV header), in the
+//! whole input whatever `--shard` is. Entity ids and feature values never go
+//! to logs; the rejects file is data and holds row numbers, not values.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+pub mod progress;
+pub mod read;
+pub mod write;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context};
+use futures::StreamExt;
+use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::Channel;
 use tracing::info;
 
+use self::{
+    read::{Format, RawChunk, Reject, Wanted},
+    write::{Fingerprint, ModelId, OutputColumn, OutputKind, PartWriter, Progress, Scored},
+};
 use crate::{
     api::pb::{self, scoring_client::ScoringClient},
     config::ScoreArgs,
-    features::{ColumnBuilder, DType, FeatureBatch, FeatureSpec},
+    features::{DType, FeatureBatch, FeatureSchema, FeatureSpec},
     repository::{LoadedModel, Repository},
 };
 
 /// What a finished job reports.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    pub rows: usize,
-    /// `name` → version used.
-    pub models: Vec<(String, u64)>,
+    pub rows_read: u64,
+    pub rows_scored: u64,
+    pub rows_rejected: u64,
+    /// This run's wall time (a resumed job counts only its own).
     pub seconds: f64,
+    /// Rows this run read, per second.
+    pub rows_per_second: f64,
+    pub models: Vec<ModelId>,
+    pub output: PathBuf,
+    pub rejects: PathBuf,
+    /// The process's peak resident memory (VmHWM), when /proc has it.
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// A model selection from `--models`: `name` or `name:version`.
@@ -40,42 +83,45 @@ fn parse_model(spec: &str) -> anyhow::Result<(String, u64)> {
     }
 }
 
+/// Where chunks are scored.
 enum Scorer {
     Embedded(Vec<Arc<LoadedModel>>),
-    Remote {
-        client: ScoringClient<Channel>,
-        refs: Vec<pb::ModelRef>,
-    },
+    Remote(Vec<Remote>),
 }
 
-impl Scorer {
-    async fn score(&mut self, batch: FeatureBatch, sequence: u64) -> anyhow::Result<Vec<Vec<f32>>> {
-        match self {
-            Scorer::Embedded(models) => {
-                let mut out = Vec::with_capacity(models.len());
-                for model in models.iter() {
-                    let scores = model.score(&batch).await.with_context(|| {
-                        format!("model `{}` version {}", model.name(), model.version())
-                    })?;
-                    out.push(scores.scores);
-                }
-                Ok(out)
-            }
-            Scorer::Remote { client, refs } => {
-                let request = pb::ScoreRequest {
-                    sequence,
-                    entity_ids: Vec::new(), // ids stay on this side of the wire
-                    features: Some(batch.into()),
-                    models: refs.clone(),
-                    segments: Vec::new(),
-                };
-                let response = client
-                    .score(request)
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-                    .into_inner();
-                Ok(response.models.into_iter().map(|m| m.scores).collect())
-            }
+struct Remote {
+    addr: String,
+    client: ScoringClient<Channel>,
+    refs: Vec<pb::ModelRef>,
+}
+
+/// A model chosen for the job, with the schema rows are checked against.
+struct Selected {
+    id: ModelId,
+    schema: FeatureSchema,
+}
+
+/// A validated chunk on its way to a scorer.
+struct Prepared {
+    ordinal: u64,
+    chunk: u64,
+    first_row: u64,
+    rows_read: u64,
+    ids: Vec<String>,
+    /// The valid rows; None when every row was rejected.
+    batch: Option<FeatureBatch>,
+    rejects: Vec<Reject>,
+}
+
+impl Prepared {
+    fn scored(self, scores: Vec<Vec<f32>>) -> Scored {
+        Scored {
+            ordinal: self.ordinal,
+            chunk: self.chunk,
+            rows_read: self.rows_read,
+            ids: self.ids,
+            scores,
+            rejects: self.rejects,
         }
     }
 }
@@ -83,213 +129,728 @@ impl Scorer {
 /// Runs the job described by `args`.
 pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let selected: Vec<(String, u64)> = args
+    let output_format = Format::of(&args.output)?;
+    Format::of(&args.input)?;
+    let batch_rows = args.batch_rows.max(1);
+    let in_flight = args.in_flight.max(1);
+    let rejects_path = args.rejects.clone().unwrap_or_else(|| {
+        let mut p = args.output.as_os_str().to_os_string();
+        p.push(".rejects.csv");
+        PathBuf::from(p)
+    });
+    let choice: Vec<(String, u64)> = args
         .models
         .iter()
         .filter(|m| !m.trim().is_empty())
         .map(|m| parse_model(m))
         .collect::<anyhow::Result<_>>()?;
-    let (mut scorer, models, specs) = match &args.addr {
-        None => embedded(&args, selected).await?,
-        Some(addr) => remote(addr, selected).await?,
+    let (scorer, selected) = if args.addr.is_empty() {
+        embedded(&args, choice).await?
+    } else {
+        remote(&args.addr, choice).await?
     };
-    let dtypes = union_dtypes(&specs)?;
+    if selected.is_empty() {
+        bail!("no model to score with: none is serving (or --models is empty)");
+    }
+    let models: Vec<ModelId> = selected.iter().map(|s| s.id.clone()).collect();
+    let dtypes = union_dtypes(selected.iter().flat_map(|s| s.schema.specs()))?;
+    let mut columns = vec![OutputColumn {
+        name: args.id_column.clone(),
+        kind: OutputKind::Id,
+    }];
+    columns.extend(models.iter().enumerate().map(|(i, m)| OutputColumn {
+        name: m.name.clone(),
+        kind: OutputKind::Score { model: i },
+    }));
 
-    let mut reader = csv::Reader::from_path(&args.input)
+    // The checkpoint: resumed, or a fresh staging directory.
+    let input_meta = std::fs::metadata(&args.input)
         .with_context(|| format!("opening {}", args.input.display()))?;
-    let headers = reader.headers()?.clone();
-    let id_idx = headers
-        .iter()
-        .position(|h| h == args.id_column)
-        .with_context(|| {
-            format!(
-                "{}: no id column `{}`",
-                args.input.display(),
-                args.id_column
-            )
-        })?;
-    let feature_cols: Vec<(usize, String, DType)> = headers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| dtypes.get(h).map(|d| (i, h.to_string(), *d)))
-        .collect();
-    let mut writer = csv::Writer::from_path(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
-    let mut header = vec![args.id_column.clone()];
-    header.extend(models.iter().map(|(n, _)| n.clone()));
-    writer.write_record(&header)?;
+    let fingerprint = Fingerprint {
+        input: std::path::absolute(&args.input)
+            .unwrap_or_else(|_| args.input.clone())
+            .display()
+            .to_string(),
+        input_bytes: input_meta.len(),
+        input_modified_ns: input_meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos()),
+        output_format,
+        shard: args.shard.map(|s| s.to_string()),
+        batch_rows,
+        id_column: args.id_column.clone(),
+        columns: columns.clone(),
+        models: models.clone(),
+    };
+    let staging = write::staging_dir(&args.output);
+    let resumed = if args.resume {
+        if staging.is_dir() {
+            Progress::load_and_clean(&staging)?
+        } else {
+            None
+        }
+    } else {
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("removing the stale {}", staging.display()))?;
+        }
+        None
+    };
+    let progress = match resumed {
+        Some(p) => {
+            if let Some(why) = fingerprint.mismatch(&p.fingerprint) {
+                bail!(
+                    "cannot --resume from {}: {why}; rerun without --resume to start over",
+                    staging.display()
+                );
+            }
+            info!(
+                parts = p.parts.len(),
+                next_chunk = p.next_chunk,
+                rows_read = p.rows_read,
+                "resuming"
+            );
+            p
+        }
+        None => {
+            std::fs::create_dir_all(&staging)
+                .with_context(|| format!("creating {}", staging.display()))?;
+            let p = Progress {
+                fingerprint,
+                parts: Vec::new(),
+                next_chunk: 0,
+                rows_read: 0,
+                rows_scored: 0,
+                rows_rejected: 0,
+                complete: false,
+            };
+            p.save(&staging)?;
+            p
+        }
+    };
+    let before = (progress.rows_read, progress.complete);
 
-    let batch_rows = args.batch_rows.max(1);
-    let mut records = reader.records();
-    let mut done = 0usize;
-    for sequence in 0u64.. {
-        let mut ids = Vec::with_capacity(batch_rows);
-        let mut builders: Vec<ColumnBuilder> = feature_cols
-            .iter()
-            .map(|(_, _, d)| ColumnBuilder::new(*d))
-            .collect();
-        for record in records.by_ref().take(batch_rows) {
-            let record = record?;
-            let line = done + ids.len() + 2; // 1-based, after the header
-            ids.push(record.get(id_idx).unwrap_or_default().to_string());
-            for ((idx, name, _), builder) in feature_cols.iter().zip(builders.iter_mut()) {
-                builder
-                    .push(record.get(*idx).unwrap_or_default())
-                    .map_err(|want| {
-                        anyhow::anyhow!("line {line}, column `{name}`: expected {want}")
-                    })?;
+    let final_progress = if progress.complete {
+        progress
+    } else {
+        let wanted = Wanted {
+            id_column: args.id_column.clone(),
+            features: dtypes.into_iter().collect(),
+        };
+        let opened = read::open(
+            &args.input,
+            &wanted,
+            batch_rows,
+            args.shard,
+            progress.next_chunk,
+        )?;
+        // A column a model rejects when missing must be in the file: that is
+        // the whole file's problem, not a row's.
+        let present: BTreeSet<&str> = opened.present.iter().map(String::as_str).collect();
+        for s in &selected {
+            for spec in s.schema.specs() {
+                if !present.contains(spec.name.as_str())
+                    && matches!(spec.missing, crate::features::MissingPolicy::Reject)
+                {
+                    bail!(
+                        "{}: no column `{}`, which model `{}` requires (missing = \"reject\")",
+                        args.input.display(),
+                        spec.name,
+                        s.id.name
+                    );
+                }
             }
         }
-        if ids.is_empty() {
-            break;
-        }
-        let columns = feature_cols
+        let reporter = progress::Reporter::new(opened.rows_to_read);
+        let writer = PartWriter::new(
+            staging.clone(),
+            output_format,
+            columns,
+            args.part_rows,
+            progress,
+            args.fail_after_parts,
+        );
+        let schemas: Vec<(String, FeatureSchema)> = selected
             .iter()
-            .zip(builders)
-            .map(|((_, name, _), b)| (name.clone(), b.finish()))
+            .map(|s| (s.id.name.clone(), s.schema.clone()))
             .collect();
-        let batch = FeatureBatch::new(ids.len(), columns)?;
-        let scores = scorer.score(batch, sequence).await.with_context(|| {
-            format!(
-                "rows {}..{} of {}",
-                done,
-                done + ids.len(),
-                args.input.display()
+        let mut progress = pipeline(PipelineParts {
+            input: args.input.clone(),
+            chunks: opened.chunks,
+            schemas,
+            strict: args.strict,
+            scorer,
+            in_flight,
+            writer,
+            reporter,
+        })
+        .await?;
+        progress.complete = true;
+        progress.save(&staging)?;
+        progress
+    };
+
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("models".into(), serde_json::to_value(&models)?);
+    metadata.insert(
+        "columns".into(),
+        serde_json::to_value(
+            final_progress
+                .fingerprint
+                .columns
+                .iter()
+                .map(|c| &c.name)
+                .collect::<Vec<_>>(),
+        )?,
+    );
+    metadata.insert(
+        "input".into(),
+        final_progress.fingerprint.input.clone().into(),
+    );
+    if let Some(shard) = &final_progress.fingerprint.shard {
+        metadata.insert("shard".into(), shard.clone().into());
+    }
+    metadata.insert("rows_read".into(), final_progress.rows_read.into());
+    metadata.insert("rows_scored".into(), final_progress.rows_scored.into());
+    metadata.insert("rows_rejected".into(), final_progress.rows_rejected.into());
+    metadata.insert("segscore_version".into(), env!("CARGO_PKG_VERSION").into());
+    write::assemble(
+        &staging,
+        &final_progress,
+        &args.output,
+        &rejects_path,
+        &metadata,
+    )?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    let this_run = if before.1 {
+        0
+    } else {
+        final_progress.rows_read - before.0
+    };
+    let summary = Summary {
+        rows_read: final_progress.rows_read,
+        rows_scored: final_progress.rows_scored,
+        rows_rejected: final_progress.rows_rejected,
+        seconds,
+        rows_per_second: this_run as f64 / seconds.max(1e-9),
+        models,
+        output: args.output.clone(),
+        rejects: rejects_path,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    let versions: Vec<String> = summary
+        .models
+        .iter()
+        .map(|m| format!("{}:{}", m.name, m.version))
+        .collect();
+    info!(
+        rows_read = summary.rows_read,
+        rows_scored = summary.rows_scored,
+        rows_rejected = summary.rows_rejected,
+        seconds = summary.seconds,
+        rows_per_second = summary.rows_per_second.round(),
+        peak_rss_mib = summary.peak_rss_mib,
+        models = versions.join(","),
+        "scored"
+    );
+    Ok(summary)
+}
+
+/// This process's peak resident set (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+struct PipelineParts {
+    input: PathBuf,
+    chunks: Box<dyn Iterator<Item = anyhow::Result<RawChunk>> + Send>,
+    schemas: Vec<(String, FeatureSchema)>,
+    strict: bool,
+    scorer: Scorer,
+    in_flight: usize,
+    writer: PartWriter,
+    reporter: progress::Reporter,
+}
+
+/// Reader thread → scorer(s) → writer thread; returns the final checkpoint.
+async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
+    let PipelineParts {
+        input,
+        chunks,
+        schemas,
+        strict,
+        scorer,
+        in_flight,
+        mut writer,
+        mut reporter,
+    } = parts;
+    let servers = match &scorer {
+        Scorer::Embedded(_) => 1,
+        Scorer::Remote(r) => r.len(),
+    };
+    // Chunks between dispatch and write: enough to keep every stream full,
+    // few enough that the reorder buffer stays small.
+    let window = Arc::new(Semaphore::new(2 * in_flight * servers + 2));
+
+    let (prep_tx, mut prep_rx) = mpsc::channel::<Prepared>(2);
+    let reader = std::thread::Builder::new()
+        .name("bulk-reader".into())
+        .spawn(move || -> anyhow::Result<()> {
+            for (ordinal, raw) in chunks.enumerate() {
+                let prepared = prepare(&input, &schemas, raw?, ordinal as u64)?;
+                if strict {
+                    if let Some(r) = prepared.rejects.first() {
+                        bail!(
+                            "{}: row {} column `{}`: {} (--strict; rows are numbered from 0)",
+                            input.display(),
+                            r.row,
+                            r.column,
+                            r.reason
+                        );
+                    }
+                }
+                if prep_tx.blocking_send(prepared).is_err() {
+                    break; // the scorer stopped; its error is the job's
+                }
+            }
+            Ok(())
+        })
+        .context("starting the reader thread")?;
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Scored>();
+    let writer_window = window.clone();
+    let writer_task = tokio::task::spawn_blocking(move || -> anyhow::Result<Progress> {
+        let mut next = 0u64;
+        let mut pending = BTreeMap::new();
+        let result = (|| {
+            while let Some(scored) = done_rx.blocking_recv() {
+                pending.insert(scored.ordinal, scored);
+                while let Some(s) = pending.remove(&next) {
+                    let rows = s.rows_read;
+                    writer.write(s)?;
+                    reporter.advance(rows);
+                    writer_window.add_permits(1);
+                    next += 1;
+                }
+            }
+            // Whatever arrived contiguously is complete: commit it, so even
+            // a failed run leaves something for --resume.
+            writer.commit()
+        })();
+        reporter.finish();
+        if result.is_err() {
+            // Unblocks the dispatcher, which waits for window slots that
+            // this thread will no longer return.
+            writer_window.close();
+        }
+        result.map(|()| writer.progress)
+    });
+
+    let scoring = async {
+        match scorer {
+            Scorer::Embedded(models) => {
+                let window = window.clone();
+                let scored = futures::stream::poll_fn(|cx| prep_rx.poll_recv(cx))
+                    .then(|p| {
+                        let window = window.clone();
+                        async move {
+                            // Closed only when the writer failed; the send
+                            // below then fails and ends the loop.
+                            if let Ok(permit) = window.acquire().await {
+                                permit.forget();
+                            }
+                            p
+                        }
+                    })
+                    .map(|p| {
+                        let models = models.clone();
+                        async move {
+                            let scores = match &p.batch {
+                                None => vec![Vec::new(); models.len()],
+                                Some(batch) => {
+                                    let runs = models.iter().map(|m| async move {
+                                        m.score(batch).await.map(|o| o.scores).with_context(|| {
+                                            format!("model `{}` version {}", m.name(), m.version())
+                                        })
+                                    });
+                                    futures::future::try_join_all(runs).await?
+                                }
+                            };
+                            anyhow::Ok(p.scored(scores))
+                        }
+                    })
+                    .buffered(in_flight);
+                let mut scored = std::pin::pin!(scored);
+                while let Some(s) = scored.next().await {
+                    if done_tx.send(s?).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Scorer::Remote(remotes) => {
+                let (work_tx, work_rx) = mpsc::channel::<Prepared>(1);
+                let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
+                let model_count = remotes.first().map_or(0, |r| r.refs.len());
+                let dispatch = async {
+                    while let Some(p) = prep_rx.recv().await {
+                        let Ok(permit) = window.acquire().await else {
+                            break; // the writer failed
+                        };
+                        permit.forget();
+                        if p.batch.is_none() {
+                            let _ = done_tx.send(p.scored(vec![Vec::new(); model_count]));
+                        } else if work_tx.send(p).await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(work_tx);
+                    anyhow::Ok(())
+                };
+                let streams = remotes
+                    .into_iter()
+                    .map(|r| stream_to(r, work_rx.clone(), done_tx.clone(), in_flight));
+                let (dispatched, _) =
+                    futures::future::try_join(dispatch, futures::future::try_join_all(streams))
+                        .await?;
+                Ok(dispatched)
+            }
+        }
+    };
+    let scored: anyhow::Result<()> = scoring.await;
+    drop(done_tx);
+    // The reader may be blocked sending: dropping the receiver frees it.
+    drop(prep_rx);
+    let read = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
+    // The writer's error first: a failed writer also fails the scorer.
+    let progress = writer_task.await.context("the writer thread panicked")??;
+    read?;
+    scored?;
+    Ok(progress)
+}
+
+/// Validates a chunk against every model: rows with any invalid value are
+/// set aside, the rest form the batch that is scored.
+fn prepare(
+    input: &Path,
+    schemas: &[(String, FeatureSchema)],
+    raw: RawChunk,
+    ordinal: u64,
+) -> anyhow::Result<Prepared> {
+    let n = raw.ids.len();
+    let first = raw.first_row;
+    // (row, column) → reason; the first reason found wins (a cell that did
+    // not parse is also missing, and "not a number" says more).
+    let mut bad: BTreeMap<(u64, String), String> = BTreeMap::new();
+    for r in raw.bad_cells {
+        bad.entry((r.row, r.column)).or_insert(r.reason);
+    }
+    let batch = FeatureBatch::new(n, raw.columns)
+        .with_context(|| format!("{}: rows from {first}", input.display()))?;
+    for (model, schema) in schemas {
+        let errors = schema.row_errors(&batch).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: model `{model}`: feature `{}`: {}",
+                input.display(),
+                e.feature(),
+                e.reason()
             )
         })?;
-        if scores.len() != models.len() || scores.iter().any(|s| s.len() != ids.len()) {
-            bail!(
-                "the scorer returned a malformed answer for rows {}..{}",
-                done,
-                done + ids.len()
-            );
+        for e in errors {
+            let row = first
+                + e.row()
+                    .expect("row_errors returns row errors; this is a bug")
+                    as u64;
+            bad.entry((row, e.feature().to_string()))
+                .or_insert_with(|| e.reason());
         }
-        for (row, id) in ids.iter().enumerate() {
-            let mut record = Vec::with_capacity(models.len() + 1);
-            record.push(id.clone());
-            record.extend(scores.iter().map(|s| s[row].to_string()));
-            writer.write_record(&record)?;
-        }
-        done += ids.len();
     }
-    writer.flush()?;
-    let seconds = started.elapsed().as_secs_f64();
-    info!(rows = done, seconds, rows_per_second = done as f64 / seconds.max(1e-9), models = ?models, "scored");
-    Ok(Summary {
-        rows: done,
-        models,
-        seconds,
+    let rejects: Vec<Reject> = bad
+        .into_iter()
+        .map(|((row, column), reason)| Reject {
+            row,
+            column,
+            reason,
+        })
+        .collect();
+    let bad_rows: BTreeSet<usize> = rejects.iter().map(|r| (r.row - first) as usize).collect();
+    let (ids, batch) = if bad_rows.is_empty() {
+        (raw.ids, Some(batch))
+    } else {
+        let keep: Vec<usize> = (0..n).filter(|i| !bad_rows.contains(i)).collect();
+        let ids = keep.iter().map(|&i| raw.ids[i].clone()).collect();
+        (ids, batch.select_rows(&keep).ok())
+    };
+    Ok(Prepared {
+        ordinal,
+        chunk: raw.chunk,
+        first_row: first,
+        rows_read: n as u64,
+        ids,
+        batch,
+        rejects,
     })
 }
 
-type Plan = (Scorer, Vec<(String, u64)>, Vec<FeatureSpec>);
+/// One ScoreStream to one server: sends chunks from the shared queue while
+/// fewer than `in_flight` are unanswered, hands each answer to the writer.
+async fn stream_to(
+    remote: Remote,
+    work: Arc<tokio::sync::Mutex<mpsc::Receiver<Prepared>>>,
+    done: mpsc::UnboundedSender<Scored>,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let Remote {
+        addr,
+        mut client,
+        refs,
+    } = remote;
+    let (req_tx, mut req_rx) = mpsc::channel::<pb::ScoreRequest>(in_flight);
+    // Chunks sent and not yet answered, in send order (the server answers a
+    // stream in request order).
+    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Prepared>();
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let outbound = futures::stream::poll_fn(move |cx| req_rx.poll_recv(cx));
+    let mut request = tonic::Request::new(outbound);
+    // The stream lives as long as the job; without a timeout of its own the
+    // server's default per-request deadline would end it.
+    request.set_timeout(Duration::from_secs(7 * 24 * 3600));
+    let send = {
+        let slots = slots.clone();
+        let refs = refs.clone();
+        async move {
+            loop {
+                slots
+                    .acquire()
+                    .await
+                    .expect("slots are never closed; this is a bug")
+                    .forget();
+                let next = work.lock().await.recv().await;
+                let Some(mut p) = next else { break };
+                let batch = p
+                    .batch
+                    .take()
+                    .expect("only chunks with rows are queued; this is a bug");
+                let request = pb::ScoreRequest {
+                    sequence: p.ordinal,
+                    entity_ids: Vec::new(), // ids stay on this side of the wire
+                    features: Some(batch.into()),
+                    models: refs.clone(),
+                    segments: Vec::new(),
+                };
+                if sent_tx.send(p).is_err() || req_tx.send(request).await.is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        }
+    };
+    let receive = async {
+        let mut responses = client
+            .score_stream(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("{addr}: ScoreStream: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        loop {
+            let message = responses.message().await.map_err(|s| {
+                anyhow::anyhow!("{addr}: ScoreStream: {:?}: {}", s.code(), s.message())
+            })?;
+            let Some(resp) = message else { break };
+            let p = sent_rx
+                .recv()
+                .await
+                .with_context(|| format!("{addr}: an answer to a chunk that was not sent"))?;
+            if resp.sequence != p.ordinal {
+                bail!(
+                    "{addr}: answer for chunk {} arrived where chunk {} was expected",
+                    resp.sequence,
+                    p.ordinal
+                );
+            }
+            if let Some(e) = resp.error {
+                bail!(
+                    "{addr}: the chunk of input rows from {} failed: {:?}: {}",
+                    p.first_row,
+                    tonic::Code::from_i32(e.code),
+                    e.message
+                );
+            }
+            let scores: Vec<Vec<f32>> = resp.models.into_iter().map(|m| m.scores).collect();
+            if scores.len() != refs.len() || scores.iter().any(|s| s.len() != p.ids.len()) {
+                bail!("{addr}: a malformed answer for chunk {}", p.chunk);
+            }
+            slots.add_permits(1);
+            if done.send(p.scored(scores)).is_err() {
+                bail!("the writer stopped");
+            }
+        }
+        anyhow::Ok(())
+    };
+    futures::future::try_join(send, receive).await?;
+    // Every chunk sent must have been answered.
+    if sent_rx.try_recv().is_ok() {
+        bail!("{addr}: the stream ended before every chunk was answered");
+    }
+    Ok(())
+}
 
-async fn embedded(args: &ScoreArgs, selected: Vec<(String, u64)>) -> anyhow::Result<Plan> {
+async fn embedded(
+    args: &ScoreArgs,
+    choice: Vec<(String, u64)>,
+) -> anyhow::Result<(Scorer, Vec<Selected>)> {
     let engine = args.engine.engine_config();
     let root = args.models_dir.clone();
     let repository = tokio::task::spawn_blocking(move || Repository::load(&root, &engine))
         .await?
         .with_context(|| format!("reading {}", args.models_dir.display()))?;
-    let selected = if selected.is_empty() {
+    let choice = if choice.is_empty() {
         repository
             .serving_names()
             .into_iter()
             .map(|n| (n, 0))
             .collect()
     } else {
-        selected
+        choice
     };
     let mut loaded = Vec::new();
-    let mut specs = Vec::new();
-    for (name, version) in &selected {
+    let mut selected = Vec::new();
+    for (name, version) in &choice {
         let model = repository.resolve(name, *version, "")?;
-        specs.extend(model.manifest.features.iter().cloned());
+        selected.push(Selected {
+            id: ModelId {
+                name: model.name().to_string(),
+                version: model.version(),
+                sha256: model.manifest.sha256.clone(),
+            },
+            schema: model.schema.clone(),
+        });
         loaded.push(model);
     }
-    let models = loaded
-        .iter()
-        .map(|m| (m.name().to_string(), m.version()))
-        .collect();
-    Ok((Scorer::Embedded(loaded), models, specs))
+    Ok((Scorer::Embedded(loaded), selected))
 }
 
-async fn remote(addr: &str, selected: Vec<(String, u64)>) -> anyhow::Result<Plan> {
-    let channel = Channel::from_shared(addr.to_string())
-        .with_context(|| format!("--addr {addr}: not a URL such as http://127.0.0.1:50051"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let mut client = ScoringClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let listed = client
-        .list_models(pb::ListModelsRequest {})
-        .await?
-        .into_inner()
-        .models;
-    let selected = if selected.is_empty() {
-        listed
-            .iter()
-            .filter(|m| m.default_version != 0)
-            .map(|m| (m.name.clone(), 0))
-            .collect()
-    } else {
-        selected
-    };
-    let mut models = Vec::new();
-    let mut specs = Vec::new();
-    let mut refs = Vec::new();
-    for (name, version) in selected {
-        let info = listed
-            .iter()
-            .find(|m| m.name == name)
-            .with_context(|| format!("model `{name}` not found on {addr}"))?;
-        // Pin the version the schema came from, so a concurrent deploy cannot
-        // pair this schema with another version's model.
-        let version = if version == 0 {
-            info.default_version
-        } else {
-            version
+async fn remote(
+    addrs: &[String],
+    choice: Vec<(String, u64)>,
+) -> anyhow::Result<(Scorer, Vec<Selected>)> {
+    let mut remotes = Vec::new();
+    let mut selected: Option<Vec<Selected>> = None;
+    for addr in addrs {
+        let channel = Channel::from_shared(addr.clone())
+            .with_context(|| format!("--addr {addr}: not a URL such as http://127.0.0.1:50051"))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let mut client = ScoringClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let listed = client
+            .list_models(pb::ListModelsRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("{addr}: ListModels: {:?}: {}", s.code(), s.message()))?
+            .into_inner()
+            .models;
+        // The first server decides the versions (its defaults, unless
+        // pinned); every other server must serve exactly those.
+        let pinned: Vec<(String, u64)> = match &selected {
+            Some(s) => s
+                .iter()
+                .map(|m| (m.id.name.clone(), m.id.version))
+                .collect(),
+            None if choice.is_empty() => listed
+                .iter()
+                .filter(|m| m.default_version != 0)
+                .map(|m| (m.name.clone(), 0))
+                .collect(),
+            None => choice.clone(),
         };
-        let v = info
-            .versions
-            .iter()
-            .find(|v| v.version == version && v.state == pb::VersionState::Serving as i32)
-            .with_context(|| {
-                format!("model `{name}` version {version} is not serving on {addr}")
-            })?;
-        for f in &v.features {
-            let dtype = match f.dtype.as_str() {
-                "f32" => DType::F32,
-                "f64" => DType::F64,
-                "i64" => DType::I64,
-                "bool" => DType::Bool,
-                "category" => DType::Category,
-                other => bail!("model `{name}`: unknown dtype `{other}` from the server"),
+        let mut here = Vec::new();
+        for (name, version) in pinned {
+            let info = listed
+                .iter()
+                .find(|m| m.name == name)
+                .with_context(|| format!("model `{name}` not found on {addr}"))?;
+            // Pin the version the schema came from, so a concurrent deploy
+            // cannot pair this schema with another version's model.
+            let version = if version == 0 {
+                info.default_version
+            } else {
+                version
             };
-            specs.push(FeatureSpec {
-                name: f.name.clone(),
-                description: None,
-                dtype,
-                min: f.min,
-                max: f.max,
-                categories: f.categories.clone(),
-                missing: crate::features::MissingPolicy::Reject,
+            let v = info
+                .versions
+                .iter()
+                .find(|v| v.version == version && v.state == pb::VersionState::Serving as i32)
+                .with_context(|| {
+                    format!("model `{name}` version {version} is not serving on {addr}")
+                })?;
+            let specs = v
+                .features
+                .iter()
+                .map(FeatureSpec::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("{addr}: model `{name}`: {e}"))?;
+            let schema = FeatureSchema::new(specs)
+                .map_err(|e| anyhow::anyhow!("{addr}: model `{name}`: {e}"))?;
+            here.push(Selected {
+                id: ModelId {
+                    name: name.clone(),
+                    version,
+                    sha256: v.sha256.clone(),
+                },
+                schema,
             });
         }
-        refs.push(pb::ModelRef {
-            name: name.clone(),
-            version,
-            label: String::new(),
+        if let Some(first) = &selected {
+            for (a, b) in first.iter().zip(&here) {
+                if a.id != b.id {
+                    bail!(
+                        "{addr} serves model `{}` version {} with sha256 {}, but {} has {}",
+                        b.id.name,
+                        b.id.version,
+                        b.id.sha256,
+                        addrs[0],
+                        a.id.sha256
+                    );
+                }
+            }
+        }
+        let refs = here
+            .iter()
+            .map(|s| pb::ModelRef {
+                name: s.id.name.clone(),
+                version: s.id.version,
+                label: String::new(),
+            })
+            .collect();
+        remotes.push(Remote {
+            addr: addr.clone(),
+            client,
+            refs,
         });
-        models.push((name, version));
+        selected.get_or_insert(here);
     }
-    Ok((Scorer::Remote { client, refs }, models, specs))
+    Ok((Scorer::Remote(remotes), selected.unwrap_or_default()))
 }
 
 /// One dtype per feature name across the selected models; a conflict means
 /// one input column cannot feed both models.
-fn union_dtypes(specs: &[FeatureSpec]) -> anyhow::Result<BTreeMap<String, DType>> {
+fn union_dtypes<'a>(
+    specs: impl Iterator<Item = &'a FeatureSpec>,
+) -> anyhow::Result<BTreeMap<String, DType>> {
     let mut out = BTreeMap::new();
     for spec in specs {
         if let Some(prev) = out.insert(spec.name.clone(), spec.dtype) {

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod bulk;
 mod cli;
 mod clustering;
 mod inference;

@@ -1,0 +1,561 @@
+//! Output: numbered part files under `<output>.parts/`, a checkpoint that
+//! commits them, and the final assembly into `--output` and the rejects file.
+//!
+//! Crash safety rests on one rule: a part exists for `--resume` only once the
+//! checkpoint (`progress.json`, replaced atomically by write-to-temp, fsync,
+//! rename) lists it, and a part is complete on disk (written as `*.tmp`,
+//! fsynced, renamed) before the checkpoint that lists it is written. Anything
+//! in the staging directory the checkpoint does not list is debris from a
+//! crash and is deleted on resume; the checkpoint's `next_chunk` is where the
+//! reader starts again. Assembly (concatenating the parts in order into a temp
+//! file renamed over `--output`) only reads the staging directory, so it can be
+//! repeated after a crash with the same result, and the directory is removed
+//! last.
+
+use std::{
+    fs::{self, File},
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context};
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::{
+    arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter},
+    basic::Compression,
+    file::{metadata::KeyValue, properties::WriterProperties},
+};
+use serde::{Deserialize, Serialize};
+
+use super::read::{Format, Reject};
+
+/// What an output column holds. A clustering model would add
+/// `ClusterId { model }` here and in [`Scored`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// The input's id column, as text.
+    Id,
+    /// Model `model`'s score (f32), in `--models` order.
+    Score { model: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputColumn {
+    pub name: String,
+    pub kind: OutputKind,
+}
+
+/// A model that scored the file, for the metadata and the summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelId {
+    pub name: String,
+    pub version: u64,
+    pub sha256: String,
+}
+
+/// One scored chunk, in input order once the writer has reordered it.
+#[derive(Debug)]
+pub struct Scored {
+    /// Position in this run's dispatch order (dense, from 0).
+    pub ordinal: u64,
+    /// Chunk number in the input (the checkpoint's unit).
+    pub chunk: u64,
+    pub rows_read: u64,
+    /// Ids of the valid rows, in input order.
+    pub ids: Vec<String>,
+    /// One score per valid row, per model.
+    pub scores: Vec<Vec<f32>>,
+    pub rejects: Vec<Reject>,
+}
+
+/// What makes a staging directory resumable by this run: the same input
+/// file (path, size, mtime), options that change chunking or content, and
+/// the same model versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub input: String,
+    pub input_bytes: u64,
+    pub input_modified_ns: u128,
+    pub output_format: Format,
+    pub shard: Option<String>,
+    pub batch_rows: usize,
+    pub id_column: String,
+    pub columns: Vec<OutputColumn>,
+    pub models: Vec<ModelId>,
+}
+
+impl Fingerprint {
+    /// Why `other` (found on disk) cannot be resumed by this run, if it cannot.
+    pub fn mismatch(&self, other: &Fingerprint) -> Option<&'static str> {
+        if self.input != other.input
+            || self.input_bytes != other.input_bytes
+            || self.input_modified_ns != other.input_modified_ns
+        {
+            Some("the input file changed")
+        } else if self.models != other.models || self.columns != other.columns {
+            Some("the models or their versions changed")
+        } else if self.shard != other.shard
+            || self.batch_rows != other.batch_rows
+            || self.id_column != other.id_column
+            || self.output_format != other.output_format
+        {
+            Some("--shard, --batch-rows, --id-column or the output format changed")
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub file: String,
+    pub rejects_file: String,
+    pub rows: u64,
+    pub rejects: u64,
+}
+
+/// The checkpoint: every committed part and where the input continues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub fingerprint: Fingerprint,
+    pub parts: Vec<PartRecord>,
+    /// The first chunk no committed part holds.
+    pub next_chunk: u64,
+    pub rows_read: u64,
+    pub rows_scored: u64,
+    pub rows_rejected: u64,
+    /// Every chunk is in a committed part; only assembly is left.
+    pub complete: bool,
+}
+
+pub const PROGRESS_FILE: &str = "progress.json";
+
+/// `<output>.parts`, next to the output so renames stay on one filesystem.
+pub fn staging_dir(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".parts");
+    output.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = tmp_path(path);
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    sync_dir(path);
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Makes a rename durable; best effort (not every filesystem allows it).
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+impl Progress {
+    /// The checkpoint in `dir`, if any, with every file it does not list
+    /// removed (a crash's half-written part).
+    pub fn load_and_clean(dir: &Path) -> anyhow::Result<Option<Progress>> {
+        let path = dir.join(PROGRESS_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let progress: Progress = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a segscore checkpoint", path.display()))?;
+        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let listed = name == PROGRESS_FILE
+                || progress
+                    .parts
+                    .iter()
+                    .any(|p| p.file == name || p.rejects_file == name);
+            if !listed {
+                fs::remove_file(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+        for part in &progress.parts {
+            for file in [&part.file, &part.rejects_file] {
+                if !dir.join(file).is_file() {
+                    bail!(
+                        "{}: committed part {file} is missing; rerun without --resume",
+                        dir.display()
+                    );
+                }
+            }
+        }
+        Ok(Some(progress))
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("plain struct serializes; this is a bug");
+        write_atomic(&dir.join(PROGRESS_FILE), &json)
+    }
+}
+
+/// The arrow schema of the output (without metadata).
+pub fn arrow_schema(columns: &[OutputColumn]) -> SchemaRef {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|c| match c.kind {
+            OutputKind::Id => Field::new(&c.name, DataType::Utf8, false),
+            OutputKind::Score { .. } => Field::new(&c.name, DataType::Float32, false),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn parquet_props(metadata: Option<Vec<KeyValue>>) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_key_value_metadata(metadata)
+        .build()
+}
+
+/// One part being written.
+enum PartSink {
+    Parquet(ArrowWriter<File>),
+    Csv(csv::Writer<BufWriter<File>>),
+}
+
+struct OpenPart {
+    index: usize,
+    sink: PartSink,
+    rejects: csv::Writer<BufWriter<File>>,
+    rows: u64,
+    reject_count: u64,
+    /// The chunk after the last one written into this part.
+    next_chunk: u64,
+    rows_read: u64,
+}
+
+/// Writes scored chunks, in order, into parts and commits them.
+pub struct PartWriter {
+    dir: PathBuf,
+    format: Format,
+    columns: Vec<OutputColumn>,
+    schema: SchemaRef,
+    part_rows: u64,
+    pub progress: Progress,
+    open: Option<OpenPart>,
+    /// Test hook (`--fail-after-parts`): parts committed before a simulated crash.
+    fail_after_parts: Option<usize>,
+    committed_this_run: usize,
+}
+
+impl PartWriter {
+    pub fn new(
+        dir: PathBuf,
+        format: Format,
+        columns: Vec<OutputColumn>,
+        part_rows: usize,
+        progress: Progress,
+        fail_after_parts: Option<usize>,
+    ) -> Self {
+        let schema = arrow_schema(&columns);
+        Self {
+            dir,
+            format,
+            columns,
+            schema,
+            part_rows: part_rows.max(1) as u64,
+            progress,
+            open: None,
+            fail_after_parts,
+            committed_this_run: 0,
+        }
+    }
+
+    fn file_names(&self, index: usize) -> (String, String) {
+        let ext = match self.format {
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+        };
+        (
+            format!("part-{index:06}.{ext}"),
+            format!("rejects-{index:06}.csv"),
+        )
+    }
+
+    fn open_part(&mut self) -> anyhow::Result<&mut OpenPart> {
+        if self.open.is_none() {
+            let index = self.progress.parts.len();
+            let (file, rejects) = self.file_names(index);
+            let create = |name: &str| -> anyhow::Result<BufWriter<File>> {
+                let path = tmp_path(&self.dir.join(name));
+                Ok(BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+                ))
+            };
+            let sink = match self.format {
+                Format::Parquet => {
+                    let path = tmp_path(&self.dir.join(&file));
+                    let f = File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    PartSink::Parquet(ArrowWriter::try_new(
+                        f,
+                        self.schema.clone(),
+                        Some(parquet_props(None)),
+                    )?)
+                }
+                Format::Csv => PartSink::Csv(
+                    csv::WriterBuilder::new()
+                        .has_headers(false)
+                        .from_writer(create(&file)?),
+                ),
+            };
+            let rejects = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(create(&rejects)?);
+            self.open = Some(OpenPart {
+                index,
+                sink,
+                rejects,
+                rows: 0,
+                reject_count: 0,
+                next_chunk: self.progress.next_chunk,
+                rows_read: 0,
+            });
+        }
+        Ok(self.open.as_mut().expect("just opened; this is a bug"))
+    }
+
+    /// Appends one chunk (the next in input order) to the open part, and
+    /// commits the part when it is full.
+    pub fn write(&mut self, chunk: Scored) -> anyhow::Result<()> {
+        let columns = self.columns.clone();
+        let schema = self.schema.clone();
+        let crash_now =
+            self.committed_this_run > 0 && Some(self.committed_this_run) == self.fail_after_parts;
+        let part_rows = self.part_rows;
+        let part = self.open_part()?;
+        let n = chunk.ids.len();
+        if chunk.scores.iter().any(|s| s.len() != n) {
+            bail!(
+                "chunk {}: the scorer returned a score count that differs from the rows sent",
+                chunk.chunk
+            );
+        }
+        if n > 0 {
+            match &mut part.sink {
+                PartSink::Parquet(w) => {
+                    let arrays: Vec<ArrayRef> = columns
+                        .iter()
+                        .map(|c| -> ArrayRef {
+                            match c.kind {
+                                OutputKind::Id => {
+                                    Arc::new(StringArray::from_iter_values(&chunk.ids))
+                                }
+                                OutputKind::Score { model } => {
+                                    Arc::new(Float32Array::from(chunk.scores[model].clone()))
+                                }
+                            }
+                        })
+                        .collect();
+                    w.write(&RecordBatch::try_new(schema, arrays)?)?;
+                }
+                PartSink::Csv(w) => {
+                    let mut record: Vec<String> = Vec::with_capacity(columns.len());
+                    for row in 0..n {
+                        record.clear();
+                        for c in &columns {
+                            record.push(match c.kind {
+                                OutputKind::Id => chunk.ids[row].clone(),
+                                // Display is the shortest text that parses
+                                // back to the same f32.
+                                OutputKind::Score { model } => chunk.scores[model][row].to_string(),
+                            });
+                        }
+                        w.write_record(&record)?;
+                    }
+                }
+            }
+        }
+        for r in &chunk.rejects {
+            part.rejects
+                .write_record([r.row.to_string().as_str(), &r.column, &r.reason])?;
+        }
+        part.rows += n as u64;
+        part.reject_count += chunk.rejects.len() as u64;
+        part.rows_read += chunk.rows_read;
+        part.next_chunk = chunk.chunk + 1;
+        if crash_now {
+            // Flush what there is, so the crash leaves a real half part.
+            if let PartSink::Csv(w) = &mut part.sink {
+                let _ = w.flush();
+            }
+            eprintln!("--fail-after-parts: exiting as a crash would");
+            std::process::exit(3);
+        }
+        if part.rows >= part_rows {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Completes the open part on disk, then records it in the checkpoint.
+    pub fn commit(&mut self) -> anyhow::Result<()> {
+        let Some(part) = self.open.take() else {
+            return Ok(());
+        };
+        let (file, rejects_file) = self.file_names(part.index);
+        match part.sink {
+            PartSink::Parquet(w) => {
+                let f = w.into_inner()?;
+                f.sync_all()?;
+            }
+            PartSink::Csv(w) => {
+                let f = w
+                    .into_inner()
+                    .map_err(|e| anyhow::anyhow!("{}", e.error()))?
+                    .into_inner()?;
+                f.sync_all()?;
+            }
+        }
+        let rejects = part
+            .rejects
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("{}", e.error()))?
+            .into_inner()?;
+        rejects.sync_all()?;
+        for name in [&file, &rejects_file] {
+            let path = self.dir.join(name);
+            fs::rename(tmp_path(&path), &path)
+                .with_context(|| format!("committing {}", path.display()))?;
+        }
+        sync_dir(&self.dir.join(&file));
+        let p = &mut self.progress;
+        p.parts.push(PartRecord {
+            file,
+            rejects_file,
+            rows: part.rows,
+            rejects: part.reject_count,
+        });
+        p.next_chunk = part.next_chunk;
+        p.rows_read += part.rows_read;
+        p.rows_scored += part.rows;
+        p.rows_rejected += part.reject_count;
+        p.save(&self.dir)?;
+        self.committed_this_run += 1;
+        Ok(())
+    }
+}
+
+/// Concatenates the committed parts into `output` and `rejects` (each via a
+/// temp file and a rename), writes the metadata, and removes the staging
+/// directory.
+pub fn assemble(
+    dir: &Path,
+    progress: &Progress,
+    output: &Path,
+    rejects: &Path,
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let fp = &progress.fingerprint;
+    let tmp = tmp_path(output);
+    match fp.output_format {
+        Format::Parquet => {
+            let kv: Vec<KeyValue> = metadata
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    KeyValue::new(format!("segscore.{k}"), text)
+                })
+                .collect();
+            let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut w =
+                ArrowWriter::try_new(f, arrow_schema(&fp.columns), Some(parquet_props(Some(kv))))?;
+            for part in &progress.parts {
+                let path = dir.join(&part.file);
+                let reader = ParquetRecordBatchReaderBuilder::try_new(
+                    File::open(&path).with_context(|| format!("opening {}", path.display()))?,
+                )?
+                .with_batch_size(64 * 1024)
+                .build()?;
+                for batch in reader {
+                    w.write(&batch.with_context(|| format!("reading {}", path.display()))?)?;
+                }
+            }
+            w.into_inner()?.sync_all()?;
+        }
+        Format::Csv => {
+            let mut out = BufWriter::new(
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+            );
+            let mut header = csv::Writer::from_writer(Vec::new());
+            header.write_record(fp.columns.iter().map(|c| c.name.as_str()))?;
+            out.write_all(
+                &header
+                    .into_inner()
+                    .map_err(|e| anyhow::anyhow!("{}", e.error()))?,
+            )?;
+            for part in &progress.parts {
+                let path = dir.join(&part.file);
+                std::io::copy(
+                    &mut File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                    &mut out,
+                )?;
+            }
+            out.into_inner()
+                .map_err(|e| anyhow::anyhow!("{}", e.error()))?
+                .sync_all()?;
+            let mut sidecar = output.as_os_str().to_os_string();
+            sidecar.push(".meta.json");
+            let json =
+                serde_json::to_vec_pretty(metadata).expect("a JSON map serializes; this is a bug");
+            write_atomic(Path::new(&sidecar), &json)?;
+        }
+    }
+    fs::rename(&tmp, output).with_context(|| format!("renaming to {}", output.display()))?;
+    // Rejects: a header, then every part's rows.
+    let rejects_tmp = tmp_path(rejects);
+    let mut out = BufWriter::new(
+        File::create(&rejects_tmp)
+            .with_context(|| format!("creating {}", rejects_tmp.display()))?,
+    );
+    out.write_all(b"row,column,reason\n")?;
+    for part in &progress.parts {
+        let path = dir.join(&part.rejects_file);
+        std::io::copy(
+            &mut File::open(&path).with_context(|| format!("opening {}", path.display()))?,
+            &mut out,
+        )?;
+    }
+    out.into_inner()
+        .map_err(|e| anyhow::anyhow!("{}", e.error()))?
+        .sync_all()?;
+    fs::rename(&rejects_tmp, rejects)
+        .with_context(|| format!("renaming to {}", rejects.display()))?;
+    sync_dir(output);
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(())
+}
