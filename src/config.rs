@@ -166,7 +166,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SEGSCORE_MAX_CONCURRENT_REQUESTS", default_value_t = 2048)]
     pub max_concurrent_requests: usize,
     /// Deadline given to requests that carry no `grpc-timeout`, in
-    /// milliseconds (0 = none); work past it is abandoned.
+    /// milliseconds (0 = none); work past it is abandoned. ScoreStream
+    /// applies it to each chunk, not to the whole stream.
     #[arg(long, env = "SEGSCORE_DEFAULT_DEADLINE_MS", default_value_t = 30_000)]
     pub default_deadline_ms: u64,
     /// Concurrent HTTP/2 streams (requests) per client connection.

@@ -55,6 +55,8 @@ impl RequestGate {
                 method,
                 started,
                 deadline: super::scoring::grpc_deadline(metadata, self.default_deadline),
+                caller_deadline: super::scoring::grpc_deadline(metadata, None),
+                default_deadline: self.default_deadline,
                 recorded: AtomicBool::new(false),
                 record_on_drop: true,
             }),
@@ -81,6 +83,10 @@ pub struct Admitted {
     method: &'static str,
     started: Instant,
     deadline: Option<tokio::time::Instant>,
+    /// The caller's own `grpc-timeout`, if any.
+    caller_deadline: Option<tokio::time::Instant>,
+    /// `--default-deadline-ms`: for streams, applied per chunk.
+    default_deadline: Option<Duration>,
     /// Whether an answer was recorded; a unary request dropped unanswered
     /// was cancelled by its caller (or its deadline, client side) and is
     /// recorded as CANCELLED.
@@ -106,6 +112,17 @@ impl Admitted {
     /// The caller's deadline (`grpc-timeout`, else `--default-deadline-ms`).
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
         self.deadline
+    }
+
+    /// The deadline of one stream chunk that starts now: the caller's
+    /// `grpc-timeout` for the whole stream when it set one, else
+    /// `--default-deadline-ms` from the chunk's arrival. A bulk stream runs
+    /// for hours; the server's default bounds each chunk, not the stream.
+    pub fn chunk_deadline(&self) -> Option<tokio::time::Instant> {
+        self.caller_deadline.or_else(|| {
+            self.default_deadline
+                .map(|d| tokio::time::Instant::now() + d)
+        })
     }
 
     /// Runs the request's work, abandoning it (queued chunks are dropped with

@@ -354,7 +354,6 @@ impl pb::scoring_server::Scoring for ScoringService {
                 .admit("ScoreStream", request.metadata())?
                 .for_stream(),
         );
-        let deadline = admitted.deadline();
         let service = self.clone();
         let in_flight = self.limits.stream_in_flight.max(1);
         // `buffered` keeps at most `in_flight` chunks being scored and yields
@@ -369,6 +368,7 @@ impl pb::scoring_server::Scoring for ScoringService {
                     let req = chunk?;
                     let sequence = req.sequence;
                     let started = std::time::Instant::now();
+                    let deadline = admitted.chunk_deadline();
                     Ok(match service.score_request(req, deadline).await {
                         Ok(resp) => {
                             admitted.record_since(started, tonic::Code::Ok, scored_by(&resp));

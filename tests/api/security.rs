@@ -280,3 +280,31 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
 fn ltv_row() -> pb::ScoreRequest {
     request(matrix(full_rows(1)), vec![model("ltv", 0)])
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_deadline_bounds_each_stream_chunk_not_the_stream() {
+    let app = spawn_app_with(&shipped_models(), |a| a.default_deadline_ms = 200).await;
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let mut responses = app
+        .client
+        .clone()
+        .score_stream(rx)
+        .await
+        .unwrap()
+        .into_inner();
+    // Five chunks over about a second: the stream outlives the 200 ms
+    // default many times over, and every chunk is still scored.
+    for sequence in 0..5u64 {
+        let mut chunk = ltv_row();
+        chunk.sequence = sequence;
+        tx.unbounded_send(chunk).unwrap();
+        let resp = responses.message().await.unwrap().unwrap();
+        assert_eq!(resp.sequence, sequence);
+        assert!(resp.error.is_none(), "chunk {sequence}: {:?}", resp.error);
+        assert_eq!(resp.models[0].scores.len(), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(tx);
+    assert!(responses.message().await.unwrap().is_none());
+    app.stop().await.unwrap();
+}
