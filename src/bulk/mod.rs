@@ -49,7 +49,7 @@ use crate::{
     api::pb::{self, scoring_client::ScoringClient},
     config::ScoreArgs,
     features::{DType, FeatureBatch, FeatureSchema, FeatureSpec},
-    repository::{LoadedModel, Repository},
+    repository::{LoadedModel, ModelOutput, Repository, Task},
 };
 
 /// What a finished job reports.
@@ -99,6 +99,8 @@ struct Remote {
 struct Selected {
     id: ModelId,
     schema: FeatureSchema,
+    /// A clustering model: its output adds a cluster id column.
+    clustering: bool,
 }
 
 /// A validated chunk on its way to a scorer.
@@ -114,7 +116,7 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn scored(self, scores: Vec<Vec<f32>>) -> Scored {
+    fn scored(self, scores: Vec<ModelOutput>) -> Scored {
         Scored {
             ordinal: self.ordinal,
             chunk: self.chunk,
@@ -158,10 +160,18 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
         name: args.id_column.clone(),
         kind: OutputKind::Id,
     }];
-    columns.extend(models.iter().enumerate().map(|(i, m)| OutputColumn {
-        name: m.name.clone(),
-        kind: OutputKind::Score { model: i },
-    }));
+    for (i, s) in selected.iter().enumerate() {
+        columns.push(OutputColumn {
+            name: s.id.name.clone(),
+            kind: OutputKind::Score { model: i },
+        });
+        if s.clustering {
+            columns.push(OutputColumn {
+                name: format!("{}_cluster", s.id.name),
+                kind: OutputKind::Cluster { model: i },
+            });
+        }
+    }
 
     // The checkpoint: resumed, or a fresh staging directory.
     let input_meta = std::fs::metadata(&args.input)
@@ -477,10 +487,10 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
                         let models = models.clone();
                         async move {
                             let scores = match &p.batch {
-                                None => vec![Vec::new(); models.len()],
+                                None => vec![ModelOutput::default(); models.len()],
                                 Some(batch) => {
                                     let runs = models.iter().map(|m| async move {
-                                        m.score(batch).await.map(|o| o.scores).with_context(|| {
+                                        m.score(batch).await.with_context(|| {
                                             format!("model `{}` version {}", m.name(), m.version())
                                         })
                                     });
@@ -510,7 +520,8 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
                         };
                         permit.forget();
                         if p.batch.is_none() {
-                            let _ = done_tx.send(p.scored(vec![Vec::new(); model_count]));
+                            let _ =
+                                done_tx.send(p.scored(vec![ModelOutput::default(); model_count]));
                         } else if work_tx.send(p).await.is_err() {
                             break;
                         }
@@ -688,8 +699,15 @@ async fn stream_to(
                     e.message
                 );
             }
-            let scores: Vec<Vec<f32>> = resp.models.into_iter().map(|m| m.scores).collect();
-            if scores.len() != refs.len() || scores.iter().any(|s| s.len() != p.ids.len()) {
+            let scores: Vec<ModelOutput> = resp
+                .models
+                .into_iter()
+                .map(|m| ModelOutput {
+                    scores: m.scores,
+                    cluster_ids: m.cluster_ids,
+                })
+                .collect();
+            if scores.len() != refs.len() || scores.iter().any(|s| s.scores.len() != p.ids.len()) {
                 bail!("{addr}: a malformed answer for chunk {}", p.chunk);
             }
             slots.add_permits(1);
@@ -736,6 +754,7 @@ async fn embedded(
                 sha256: model.manifest.sha256.clone(),
             },
             schema: model.schema.clone(),
+            clustering: model.manifest.task == Task::Clustering,
         });
         loaded.push(model);
     }
@@ -812,6 +831,7 @@ async fn remote(
                     sha256: v.sha256.clone(),
                 },
                 schema,
+                clustering: v.task == pb::Task::Clustering as i32,
             });
         }
         if let Some(first) = &selected {

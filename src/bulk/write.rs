@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::{
     arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter},
@@ -30,9 +30,9 @@ use parquet::{
 use serde::{Deserialize, Serialize};
 
 use super::read::{Format, Reject};
+use crate::repository::ModelOutput;
 
-/// What an output column holds. A clustering model would add
-/// `ClusterId { model }` here and in [`Scored`].
+/// What an output column holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
@@ -40,6 +40,9 @@ pub enum OutputKind {
     Id,
     /// Model `model`'s score (f32), in `--models` order.
     Score { model: usize },
+    /// Clustering model `model`'s cluster id (u32), next to its score (the
+    /// distance to the centroid).
+    Cluster { model: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,8 +69,8 @@ pub struct Scored {
     pub rows_read: u64,
     /// Ids of the valid rows, in input order.
     pub ids: Vec<String>,
-    /// One score per valid row, per model.
-    pub scores: Vec<Vec<f32>>,
+    /// Per model: one score per valid row (and, clustering, one cluster id).
+    pub scores: Vec<ModelOutput>,
     pub rejects: Vec<Reject>,
 }
 
@@ -223,6 +226,7 @@ pub fn arrow_schema(columns: &[OutputColumn]) -> SchemaRef {
         .map(|c| match c.kind {
             OutputKind::Id => Field::new(&c.name, DataType::Utf8, false),
             OutputKind::Score { .. } => Field::new(&c.name, DataType::Float32, false),
+            OutputKind::Cluster { .. } => Field::new(&c.name, DataType::UInt32, false),
         })
         .collect();
     Arc::new(Schema::new(fields))
@@ -355,7 +359,11 @@ impl PartWriter {
         let part_rows = self.part_rows;
         let part = self.open_part()?;
         let n = chunk.ids.len();
-        if chunk.scores.iter().any(|s| s.len() != n) {
+        if chunk
+            .scores
+            .iter()
+            .any(|s| s.scores.len() != n || !(s.cluster_ids.is_empty() || s.cluster_ids.len() == n))
+        {
             bail!(
                 "chunk {}: the scorer returned a score count that differs from the rows sent",
                 chunk.chunk
@@ -372,8 +380,11 @@ impl PartWriter {
                                     Arc::new(StringArray::from_iter_values(&chunk.ids))
                                 }
                                 OutputKind::Score { model } => {
-                                    Arc::new(Float32Array::from(chunk.scores[model].clone()))
+                                    Arc::new(Float32Array::from(chunk.scores[model].scores.clone()))
                                 }
+                                OutputKind::Cluster { model } => Arc::new(UInt32Array::from(
+                                    chunk.scores[model].cluster_ids.clone(),
+                                )),
                             }
                         })
                         .collect();
@@ -388,7 +399,12 @@ impl PartWriter {
                                 OutputKind::Id => chunk.ids[row].clone(),
                                 // Display is the shortest text that parses
                                 // back to the same f32.
-                                OutputKind::Score { model } => chunk.scores[model][row].to_string(),
+                                OutputKind::Score { model } => {
+                                    chunk.scores[model].scores[row].to_string()
+                                }
+                                OutputKind::Cluster { model } => {
+                                    chunk.scores[model].cluster_ids[row].to_string()
+                                }
                             });
                         }
                         w.write_record(&record)?;

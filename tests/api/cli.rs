@@ -39,7 +39,7 @@ async fn embedded_and_remote_scoring_write_identical_outputs() {
     let mut lines = embedded.lines();
     assert_eq!(
         lines.next(),
-        Some("customer_id,churn,clusters,ltv,propensity")
+        Some("customer_id,churn,clusters,clusters_cluster,ltv,propensity")
     );
     let rows: Vec<&str> = lines.collect();
     let input_rows = std::fs::read_to_string(sample_users())
@@ -58,10 +58,28 @@ async fn embedded_and_remote_scoring_write_identical_outputs() {
         .score(request(features, vec![model("churn", 0)]))
         .await
         .unwrap();
+    let (features, _) = csv_matrix(
+        &sample_users(),
+        &manifest("clusters", latest_version("clusters")),
+        "customer_id",
+    );
+    let clusters = app
+        .score(request(features, vec![model("clusters", 0)]))
+        .await
+        .unwrap();
     for (i, line) in rows.iter().enumerate().step_by(97) {
         let cells: Vec<&str> = line.split(',').collect();
         assert_eq!(cells[0], ids[i]);
         assert_eq!(cells[1].parse::<f32>().unwrap(), resp.models[0].scores[i]);
+        // A clustering model writes its distance and its cluster id.
+        assert_eq!(
+            cells[2].parse::<f32>().unwrap(),
+            clusters.models[0].scores[i]
+        );
+        assert_eq!(
+            cells[3].parse::<u32>().unwrap(),
+            clusters.models[0].cluster_ids[i]
+        );
     }
     // Pinning a version works the same way.
     let pinned = run(&["--models".into(), "churn:1".into()], "pinned.csv");
