@@ -19,5 +19,6 @@ pub mod features;
 pub mod metrics;
 pub mod repository;
 pub mod security;
+pub mod segments;
 pub mod telemetry;
 pub mod train;
