@@ -153,8 +153,13 @@ impl ScoringService {
         let mut planned = Vec::with_capacity(req.models.len() + extra_models.len());
         for (i, model_ref) in req.models.iter().chain(&extra_models).enumerate() {
             // Two versions of one model is a comparison; the same reference
-            // twice only doubles the work and the answer.
-            if req.models[..i].contains(model_ref) {
+            // twice only doubles the work and the answer. (Models added for
+            // segments come after the caller's and are never duplicates.)
+            if req
+                .models
+                .get(..i)
+                .is_some_and(|earlier| earlier.contains(model_ref))
+            {
                 return Err(ApiError::InvalidArgument(format!(
                     "model `{}` is listed twice with the same version and label",
                     model_ref.name

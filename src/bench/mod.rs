@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Write the Markdown report here.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub output: PathBuf,
+    /// Segment rules for case (d): Score at 1,024 rows over every model with
+    /// and without all the file's segments (skipped if the file is absent).
+    #[arg(long, default_value = "segments.toml")]
+    pub segments: PathBuf,
     /// Path to libonnxruntime.so (default: searched in .venv).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
@@ -97,9 +101,17 @@ pub struct CaseResult {
     pub ratio_to_in_process: Option<f64>,
     /// Server resident memory after the case (service cases).
     pub server_rss_mib: Option<f64>,
+    /// Case (d): segment names evaluated per request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
+    /// Case (d) with segments: rows/s divided by the same requests' rows/s
+    /// without segments (1.0 = free; the target is >= 0.8, i.e. <= 25% extra time).
+    pub ratio_to_without_segments: Option<f64>,
 }
 
 const IN_PROCESS_ROWS: [usize; 4] = [1, 64, 1024, 16384];
+/// Rows per request of case (d), the size the segments target is set at.
+const SEGMENT_CASE_ROWS: usize = 1024;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
     let workers = args
@@ -165,6 +177,57 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
                     results.push(r);
                 }
             }
+        }
+        server.stop()?;
+    }
+
+    // (d) segment rules: the cost of evaluating them next to the models.
+    if args.segments.is_file() {
+        let file = crate::segments::RulesFile::read(&args.segments)?;
+        let names: Vec<String> = file.segments.iter().map(|s| s.name.clone()).collect();
+        let all_models: Vec<String> = scan(&args.models)?.into_keys().collect();
+        let server = Server::start_with(&args, workers, true, Some(&args.segments))?;
+        let mut without = None;
+        for segments in [Vec::new(), names] {
+            let case = ServiceCase {
+                rows: SEGMENT_CASE_ROWS,
+                concurrency: 1,
+                protocol: "score",
+            };
+            let request = pb::ScoreRequest {
+                features: Some(request_rows(&base, SEGMENT_CASE_ROWS)),
+                models: all_models
+                    .iter()
+                    .map(|name| pb::ModelRef {
+                        name: name.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                segments: segments.clone(),
+                ..Default::default()
+            };
+            let mut r = service_case_with(
+                &args,
+                &server,
+                manifest,
+                &base,
+                &encoded,
+                case,
+                Some(request),
+            )
+            .await?;
+            r.suite = "segments";
+            r.model = all_models.join("+");
+            r.batching = Some(true);
+            r.segments = segments;
+            match without {
+                None => without = Some(r.rows_per_second),
+                Some(base) => {
+                    r.ratio_to_without_segments = Some(r.rows_per_second / base.max(1e-9))
+                }
+            }
+            emit(&r);
+            results.push(r);
         }
         server.stop()?;
     }
@@ -315,6 +378,8 @@ fn summarize(
         max_ms: micros.last().map_or(0.0, |m| *m as f64 / 1000.0),
         ratio_to_in_process: None,
         server_rss_mib: None,
+        segments: Vec::new(),
+        ratio_to_without_segments: None,
     }
 }
 
@@ -326,6 +391,15 @@ struct Server {
 
 impl Server {
     fn start(args: &BenchArgs, workers: usize, batching: bool) -> anyhow::Result<Self> {
+        Self::start_with(args, workers, batching, None)
+    }
+
+    fn start_with(
+        args: &BenchArgs,
+        workers: usize,
+        batching: bool,
+        segments: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
@@ -340,6 +414,9 @@ impl Server {
             .stderr(Stdio::piped());
         if let Some(p) = &args.ort_dylib_path {
             cmd.arg("--ort-dylib-path").arg(p);
+        }
+        if let Some(p) = segments {
+            cmd.arg("--segments").arg(p);
         }
         let mut child = cmd.spawn().context("starting segscore serve")?;
         let stderr = BufReader::new(child.stderr.take().expect("stderr piped; this is a bug"));
@@ -460,6 +537,19 @@ async fn service_case(
     encoded: &Array2<f32>,
     case: ServiceCase,
 ) -> anyhow::Result<CaseResult> {
+    service_case_with(args, server, manifest, base, encoded, case, None).await
+}
+
+/// A service case; `request` replaces the default Score request (case d).
+async fn service_case_with(
+    args: &BenchArgs,
+    server: &Server,
+    manifest: &Manifest,
+    base: &pb::FeatureMatrix,
+    encoded: &Array2<f32>,
+    case: ServiceCase,
+    request: Option<pb::ScoreRequest>,
+) -> anyhow::Result<CaseResult> {
     let ServiceCase {
         rows,
         concurrency,
@@ -488,6 +578,8 @@ async fn service_case(
             raw_input_contents: vec![matrix.iter().flat_map(|v| v.to_le_bytes()).collect()],
             ..Default::default()
         })
+    } else if let Some(request) = request {
+        Call::Score(request)
     } else {
         Call::Score(pb::ScoreRequest {
             features: Some(request_rows(base, rows)),
@@ -518,10 +610,9 @@ async fn service_case(
                     let t = Instant::now();
                     let ok = match &call {
                         Call::Score(req) => score.score(req.clone()).await.is_ok_and(|r| {
-                            r.into_inner()
-                                .models
-                                .first()
-                                .is_some_and(|m| m.scores.len() == rows)
+                            let r = r.into_inner();
+                            r.segments.len() == req.segments.len()
+                                && r.models.first().is_some_and(|m| m.scores.len() == rows)
                         }),
                         Call::Infer(req) => infer.model_infer(req.clone()).await.is_ok_and(|r| {
                             r.into_inner()
@@ -618,7 +709,10 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
         md,
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
-    for r in results.iter().filter(|r| r.suite != "in_process") {
+    for r in results
+        .iter()
+        .filter(|r| r.suite != "in_process" && r.suite != "segments")
+    {
         writeln!(
             md,
             "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
@@ -655,6 +749,42 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
             "\nSingle-row requests at concurrency 64: batching on / off = {:.2}× requests/s.",
             on.calls_per_second / off.calls_per_second.max(1e-9)
         )?;
+    }
+    let segment_cases: Vec<&CaseResult> =
+        results.iter().filter(|r| r.suite == "segments").collect();
+    if !segment_cases.is_empty() {
+        writeln!(
+            md,
+            "\n## (d) Segment rules: Score at {SEGMENT_CASE_ROWS} rows, every model, with and without segments\n"
+        )?;
+        writeln!(
+            md,
+            "Same server (`--segments {}`), same requests, concurrency 1; the second row also asks for every segment of the file. \
+             Target: rows/s with segments ≥ 0.8 × without (≤ 25% extra time).\n",
+            args.segments.display()
+        )?;
+        writeln!(
+            md,
+            "| models | segments | rows/s | p50 ms | p99 ms | × without segments |"
+        )?;
+        writeln!(md, "|---|---|---:|---:|---:|---:|")?;
+        for r in segment_cases {
+            writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {} |",
+                r.model,
+                if r.segments.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.segments.join(", ")
+                },
+                r.rows_per_second,
+                r.p50_ms,
+                r.p99_ms,
+                r.ratio_to_without_segments
+                    .map_or("-".into(), |x| format!("{x:.3}")),
+            )?;
+        }
     }
     // Keep any hand-written analysis below the generated part.
     let analysis = std::fs::read_to_string(&args.output)

@@ -214,6 +214,9 @@ pub struct Segments {
     specs: HashMap<String, FeatureSpec>,
     /// Where the rules came from (None = no rules file).
     pub source: Option<String>,
+    /// The file's text these segments were compiled from, so the watcher
+    /// knows whether the file changed since (whenever it starts).
+    pub source_text: Option<String>,
     env: Arc<cel::Env>,
 }
 
@@ -224,6 +227,7 @@ impl Default for Segments {
             constants: BTreeMap::new(),
             specs: HashMap::new(),
             source: None,
+            source_text: None,
             env: eval::environment(),
         }
     }
@@ -368,6 +372,7 @@ impl Segments {
             constants,
             specs,
             source,
+            source_text: None,
             env: eval::environment(),
         }
     }

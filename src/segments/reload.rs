@@ -19,12 +19,20 @@ use crate::repository::{Repository, SharedRepository};
 
 /// Reads and compiles `path` against what `repository` serves.
 pub fn load(path: &Path, repository: &Repository) -> Result<Segments, FileError> {
-    let file = RulesFile::read(path)?;
-    let segments = Segments::compile(
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file = RulesFile::parse(&text).map_err(|message| FileError::Parse {
+        path: path.display().to_string(),
+        message,
+    })?;
+    let mut segments = Segments::compile(
         &file,
         &Catalog::from_repository(repository),
         Some(path.display().to_string()),
     );
+    segments.source_text = Some(text);
     report(&segments);
     Ok(segments)
 }
@@ -76,7 +84,9 @@ pub async fn watch_task(
             None
         }
     };
-    let mut last_text = std::fs::read_to_string(&path).ok();
+    // What is serving now, not what the file holds when this task starts:
+    // an edit made in between must not be mistaken for the loaded text.
+    let mut last_text = shared.load().source_text.clone();
     let mut failed_text: Option<String> = None;
     loop {
         let models_changed = tokio::select! {
@@ -119,7 +129,8 @@ pub async fn watch_task(
         };
         failed_text = None;
         let catalog = Catalog::from_repository(&repository.load());
-        let segments = Segments::compile(&file, &catalog, Some(path.display().to_string()));
+        let mut segments = Segments::compile(&file, &catalog, Some(path.display().to_string()));
+        segments.source_text = Some(text.clone());
         report(&segments);
         shared.store(Arc::new(segments));
         last_text = Some(text);
