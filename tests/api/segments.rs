@@ -229,9 +229,32 @@ async fn membership_matches_the_rules_recomputed_in_plain_rust() {
             .map(|i| i as u32)
             .collect();
         assert_eq!(m.member_rows, want, "{segment}");
+    }
+    // The comparison is not vacuous: every score threshold is crossed by
+    // some rows and not by others (a conjunction may still be empty: high
+    // value customers rarely have the highest churn risk).
+    for (model, scores, threshold) in [
+        ("ltv", ltv, ltv_high),
+        ("churn", churn, churn_high),
+        ("propensity", propensity, propensity_high),
+    ] {
+        let above = scores
+            .iter()
+            .filter(|s| f64::from(**s) >= threshold)
+            .count();
         assert!(
-            !want.is_empty(),
-            "{segment} selects someone in the test rows"
+            above > 0 && above < rows.len(),
+            "{model}: {above} rows at or above {threshold}"
+        );
+    }
+    for segment in [
+        "high_value_abandoners",
+        "high_value_active",
+        "likely_buyers_next_30d",
+    ] {
+        assert!(
+            !membership(&resp, segment).member_rows.is_empty(),
+            "{segment} selects someone"
         );
     }
     // Exactly-at-threshold rows are members (>=, <=).
