@@ -107,6 +107,10 @@ pub struct CaseResult {
     /// Case (d) with segments: rows/s divided by the same requests' rows/s
     /// without segments (1.0 = free; the target is >= 0.8, i.e. <= 25% extra time).
     pub ratio_to_without_segments: Option<f64>,
+    /// Case (d): in-process time to evaluate the segments over one request
+    /// (bindings included), compiled evaluator and cel interpreter, in µs.
+    pub segment_eval_us: Option<f64>,
+    pub segment_eval_interpreted_us: Option<f64>,
 }
 
 const IN_PROCESS_ROWS: [usize; 4] = [1, 64, 1024, 16384];
@@ -206,6 +210,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
                 segments: segments.clone(),
                 ..Default::default()
             };
+            let eval_cost = if segments.is_empty() {
+                None
+            } else {
+                Some(segment_eval_cost(&args, &server, &file, request.clone()).await?)
+            };
             let mut r = service_case_with(
                 &args,
                 &server,
@@ -216,6 +225,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
                 Some(request),
             )
             .await?;
+            if let Some((compiled, interpreted)) = eval_cost {
+                r.segment_eval_us = Some(compiled);
+                r.segment_eval_interpreted_us = Some(interpreted);
+            }
             r.suite = "segments";
             r.model = all_models.join("+");
             r.batching = Some(true);
@@ -380,6 +393,8 @@ fn summarize(
         server_rss_mib: None,
         segments: Vec::new(),
         ratio_to_without_segments: None,
+        segment_eval_us: None,
+        segment_eval_interpreted_us: None,
     }
 }
 
@@ -653,6 +668,79 @@ async fn service_case_with(
     Ok(r)
 }
 
+/// Times the evaluation of `request`'s segments in-process over the scores
+/// the server returns for it: (compiled, interpreted) µs per request, best of
+/// repeated runs, variable binding included.
+async fn segment_eval_cost(
+    args: &BenchArgs,
+    server: &Server,
+    file: &crate::segments::RulesFile,
+    request: pb::ScoreRequest,
+) -> anyhow::Result<(f64, f64)> {
+    use crate::segments::{Catalog, ModelScoresView, RuleInput, Segments};
+    let channel = Channel::from_shared(server.addr.clone())?.connect().await?;
+    let response = ScoringClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .score(request.clone())
+        .await?
+        .into_inner();
+    let catalog = Catalog::from_directory(&args.models)?;
+    let segments = Segments::compile(file, &catalog, None);
+    let batch = crate::features::FeatureBatch::try_from(
+        request.features.context("the bench request has features")?,
+    )?;
+    let scores = response
+        .models
+        .iter()
+        .map(|m| {
+            let task = match pb::Task::try_from(m.task) {
+                Ok(pb::Task::Regression) => crate::repository::Task::Regression,
+                Ok(pb::Task::Clustering) => crate::repository::Task::Clustering,
+                _ => crate::repository::Task::BinaryClassification,
+            };
+            let view = ModelScoresView {
+                task,
+                scores: &m.scores,
+                cluster_ids: &m.cluster_ids,
+                version: m.version,
+                canary_version: m.canary_version,
+                canary_rows: &m.canary_rows,
+            };
+            (m.name.as_str(), view)
+        })
+        .collect();
+    let input = RuleInput {
+        batch: &batch,
+        scores,
+    };
+    let rules: Vec<_> = request
+        .segments
+        .iter()
+        .filter_map(|n| segments.get(n)?.state.as_ref().ok())
+        .collect();
+    let time = |interpreted: bool| {
+        let mut best = f64::INFINITY;
+        let until = Instant::now() + Duration::from_secs_f64((args.seconds / 4.0).max(0.2));
+        let mut runs = 0;
+        while runs < 3 || Instant::now() < until {
+            let t = Instant::now();
+            let mut evaluation = segments.evaluator(&input);
+            for rule in &rules {
+                let m = if interpreted {
+                    evaluation.evaluate_interpreted(rule)
+                } else {
+                    evaluation.evaluate(rule)
+                };
+                std::hint::black_box(m);
+            }
+            best = best.min(t.elapsed().as_secs_f64() * 1e6);
+            runs += 1;
+        }
+        best
+    };
+    Ok((time(false), time(true)))
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -765,13 +853,13 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
         )?;
         writeln!(
             md,
-            "| models | segments | rows/s | p50 ms | p99 ms | × without segments |"
+            "| models | segments | rows/s | p50 ms | p99 ms | × without segments | rules in-process µs (compiled / interpreter) |"
         )?;
-        writeln!(md, "|---|---|---:|---:|---:|---:|")?;
+        writeln!(md, "|---|---|---:|---:|---:|---:|---:|")?;
         for r in segment_cases {
             writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {} |",
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |",
                 r.model,
                 if r.segments.is_empty() {
                     "none".to_string()
@@ -783,6 +871,10 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
                 r.p99_ms,
                 r.ratio_to_without_segments
                     .map_or("-".into(), |x| format!("{x:.3}")),
+                match (r.segment_eval_us, r.segment_eval_interpreted_us) {
+                    (Some(c), Some(i)) => format!("{c:.0} / {i:.0}"),
+                    _ => "-".into(),
+                },
             )?;
         }
     }

@@ -529,3 +529,77 @@ async fn score_stream_returns_segments_and_requested_models_keep_their_version()
     assert_eq!(seen, 3);
     app.stop().await.unwrap();
 }
+
+#[test]
+fn segments_cli_checks_files_and_compares_scored_files() {
+    let bin = env!("CARGO_BIN_EXE_segscore");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, stdout) = run(&[
+        "segments".as_ref(),
+        "check".as_ref(),
+        shipped_segments().as_os_str(),
+        "--models".as_ref(),
+        shipped_models().as_os_str(),
+    ]);
+    assert!(ok, "{stdout}");
+    for name in SHIPPED {
+        assert!(stdout.contains(&format!("ok      {name}")), "{stdout}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    write_rules(
+        &bad,
+        &[
+            ("good", "features.frequency > 1"),
+            ("typo", "scores.ltvv > 1.0"),
+        ],
+    );
+    let (ok, stdout) = run(&[
+        "segments".as_ref(),
+        "check".as_ref(),
+        bad.as_os_str(),
+        "--models".as_ref(),
+        shipped_models().as_os_str(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stdout.contains("ok      good") && stdout.contains("FAILED  typo: unknown model `ltvv`"),
+        "{stdout}"
+    );
+
+    // The bulk job's output shape: an id column plus `segment:<name>` booleans.
+    let now = dir.path().join("now.csv");
+    let before = dir.path().join("before.csv");
+    std::fs::write(
+        &now,
+        "customer_id,ltv,segment:a\nc1,1.0,true\nc2,2.0,true\nc3,3.0,false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &before,
+        "customer_id,ltv,segment:a\nc1,1.0,true\nc2,2.0,false\nc3,3.0,true\n",
+    )
+    .unwrap();
+    let (ok, stdout) = run(&[
+        "segments".as_ref(),
+        "stats".as_ref(),
+        "--input".as_ref(),
+        now.as_os_str(),
+        "--baseline".as_ref(),
+        before.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(ok, "{stdout}");
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["segment"], "a");
+    assert_eq!(line["members"], 2);
+    assert_eq!(line["baseline"]["entered"], 1);
+    assert_eq!(line["baseline"]["left"], 1);
+    assert!((line["baseline"]["jaccard"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+}
