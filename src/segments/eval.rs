@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::{
     check::{ArithOp, CmpOp, Lit, Node},
-    feature_type, Constant, ModelScoresView, RuleInput, Var,
+    Constant, ModelScoresView, RuleInput, Var,
 };
 use crate::{
     features::{ColumnValues, DType, FeatureSpec, ImputeValue, MissingPolicy},
@@ -263,7 +263,6 @@ fn bind_feature<'a>(spec: &'a FeatureSpec, input: &RuleInput<'a>, rows: usize) -
                 .collect(),
         ),
     };
-    debug_assert_eq!(feature_type(spec.dtype), feature_type(spec.dtype));
     errors.sort_by_key(|(r, _)| *r);
     errors.dedup_by_key(|(r, _)| *r);
     Binding { values, errors }
@@ -507,6 +506,29 @@ pub fn interpret(
             "the rule evaluated to {:?}, not a bool",
             other.type_of()
         ))),
-        Err(e) => Err(EvalError(e.to_string())),
+        Err(e) => Err(EvalError(value_free(&e))),
+    }
+}
+
+/// The interpreter's error without the values it quotes: row errors go back
+/// to callers and may be logged by them, and feature values are personal data.
+fn value_free(e: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    match e {
+        E::DivisionByZero(_) => "division by zero".into(),
+        E::RemainderByZero(_) => "modulus by zero".into(),
+        E::ValuesNotComparable(..) => "values that cannot be compared".into(),
+        E::UnsupportedBinaryOperator(op, ..) => {
+            format!("operator `{op}` does not apply to these types")
+        }
+        E::FunctionError { function, .. } => format!("function `{function}` failed"),
+        E::NoSuchOverload(o) => format!("no overload of `{}` for these types", o.function()),
+        E::UnexpectedType { got, want } => format!("expected {want}, got {got}"),
+        E::UndeclaredReference(name) => format!("undeclared reference `{name}`"),
+        E::InvalidArgumentCount { expected, actual } => {
+            format!("{actual} arguments where {expected} are expected")
+        }
+        E::NoSuchKey(_) => "no such key".into(),
+        _ => "the rule could not be evaluated (cel interpreter error)".into(),
     }
 }

@@ -377,3 +377,44 @@ fn missing_values_follow_the_manifest_and_errors_are_never_false() {
         .collect();
     assert_eq!(reasons, [(1, true), (2, true)]);
 }
+
+#[test]
+fn interpreted_rules_run_and_their_errors_quote_no_values() {
+    let file = RulesFile::parse(
+        "[[segments]]\nname = \"a\"\nrule = \"features.region.startsWith('no') && [1, 3].exists(x, x == features.visits)\"\n[[segments]]\nname = \"b\"\nrule = \"[1].exists(x, 7 / (features.visits - 3) < 0)\"\n",
+    )
+    .unwrap();
+    let segments = Segments::compile(&file, &catalog(), None);
+    let batch = FeatureBatch::new(
+        0,
+        vec![
+            (
+                "visits".into(),
+                Column::new(ColumnValues::I64(vec![3, 1, 3, 2])),
+            ),
+            (
+                "region".into(),
+                Column::new(ColumnValues::Category(vec![
+                    "north".into(),
+                    "north".into(),
+                    "south".into(),
+                    "north".into(),
+                ])),
+            ),
+        ],
+    )
+    .unwrap();
+    let input = RuleInput {
+        batch: &batch,
+        scores: HashMap::new(),
+    };
+    let mut evaluation = segments.evaluator(&input);
+    let a = segments.get("a").unwrap().state.as_ref().unwrap();
+    assert!(!a.is_compiled());
+    assert_eq!(evaluation.evaluate(a).member_rows, [0, 1]);
+    let b = evaluation.evaluate(segments.get("b").unwrap().state.as_ref().unwrap());
+    assert_eq!(b.member_rows, [1, 3]);
+    let errors: Vec<u32> = b.errors.iter().map(|(r, _)| *r).collect();
+    assert_eq!(errors, [0, 2]);
+    assert_eq!(b.errors[0].1, "division by zero");
+}
