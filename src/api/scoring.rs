@@ -182,7 +182,7 @@ impl ScoringService {
         let models = futures::future::try_join_all(runs).await?;
         let (models, memberships) = if req.segments.is_empty() {
             (models, Vec::new())
-        } else if rows * req.segments.len() <= INLINE_SEGMENT_CELLS {
+        } else if rows.saturating_mul(req.segments.len()) <= INLINE_SEGMENT_CELLS {
             let memberships = evaluate_segments(&segments, &req.segments, &batch, &models);
             (models, memberships)
         } else {
