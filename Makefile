@@ -35,7 +35,7 @@ build: venv
 	$(CARGO) build --release --locked
 
 run: build
-	$(BIN) serve --models models --addr 127.0.0.1:50051
+	$(BIN) serve --models models --segments segments.toml --addr 127.0.0.1:50051
 
 test: venv lint
 	$(VENV)/bin/python -m pytest training/tests -q

@@ -28,12 +28,14 @@ use crate::{
         Repository, SharedRepository,
     },
     security::{self, BearerAuth},
+    segments::{self, Segments, SharedSegments},
 };
 
 /// A loaded repository and a bound listener, ready to serve.
 pub struct Application {
     listener: TcpListener,
     repository: SharedRepository,
+    segments: SharedSegments,
     config: ServeArgs,
     metrics: Option<(Arc<Metrics>, TcpListener)>,
     tls: Option<ServerTlsConfig>,
@@ -77,12 +79,20 @@ impl Application {
             .await
             .context("repository load task")?
             .with_context(|| format!("reading the model repository {}", config.models.display()))?;
+        // A rules file that cannot be read or parsed fails start-up; a bad
+        // rule only refuses its segment.
+        let rules = match &config.segments {
+            Some(path) => segments::reload::load(path, &repository)
+                .with_context(|| format!("loading the segments file {}", path.display()))?,
+            None => Segments::default(),
+        };
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         Ok(Self {
             listener,
             repository: Arc::new(arc_swap::ArcSwap::from_pointee(repository)),
+            segments: Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
             config,
             metrics,
             tls,
@@ -105,6 +115,10 @@ impl Application {
         &self.repository
     }
 
+    pub fn segments(&self) -> &SharedSegments {
+        &self.segments
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting connections and
     /// lets in-flight requests finish (up to the configured timeout).
     pub async fn run_until_stopped(
@@ -125,8 +139,10 @@ impl Application {
         );
         let scoring = ScoringServer::new(ScoringService::new(
             self.repository.clone(),
+            self.segments.clone(),
             limits,
             gate.clone(),
+            registry.clone(),
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -150,6 +166,19 @@ impl Application {
                 lifecycle.clone(),
                 self.config.models.clone(),
                 interval,
+            )));
+        }
+        if let Some(path) = &self.config.segments {
+            // Rules follow their file, and the models: a rule naming a model
+            // that stops serving becomes an error for its segment.
+            background.push(tokio::spawn(segments::reload::watch_task(
+                self.segments.clone(),
+                path.clone(),
+                self.repository.clone(),
+                lifecycle.subscribe(),
+                self.config
+                    .watch_interval()
+                    .unwrap_or(std::time::Duration::from_secs(3600)),
             )));
         }
         let admin = ModelAdminServer::new(AdminService::new(lifecycle.clone()));

@@ -45,6 +45,9 @@ pub enum Command {
     /// Model repository tools.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Segment rules tools: check a rules file, compare scored files.
+    #[command(subcommand)]
+    Segments(SegmentsCommand),
     /// Train a smartcore model from a feature CSV and write a model version.
     Train(crate::train::TrainArgs),
     /// Run the benchmark suite (in-process ORT vs the service) and write
@@ -61,6 +64,37 @@ pub enum ModelsCommand {
         dir: PathBuf,
         #[command(flatten)]
         engine: EngineArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentsCommand {
+    /// Compile and type-check a segments file against a model repository's
+    /// manifests (the highest version of each model; models are not loaded)
+    /// and print each segment's state; exit 1 if any segment is refused.
+    Check {
+        /// The rules file (segments.toml).
+        file: PathBuf,
+        /// Model repository whose features and models the rules may name.
+        #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
+        models: PathBuf,
+    },
+    /// Segment sizes in a scored CSV file (an id column plus boolean
+    /// `segment:<name>` columns) and, with --baseline, their change: size
+    /// change, members entering and leaving, Jaccard overlap of member ids.
+    Stats {
+        /// The scored file.
+        #[arg(long)]
+        input: PathBuf,
+        /// An earlier scored file to compare with.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// The id column that matches rows between the two files.
+        #[arg(long, env = "SEGSCORE_ID_COLUMN", default_value = "customer_id")]
+        id_column: String,
+        /// Print one JSON object per segment instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -133,6 +167,10 @@ pub struct ServeArgs {
     /// Model repository root: <models>/<name>/<version>/model.toml.
     #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
     pub models: PathBuf,
+    /// Segment rules file (CEL rules over features and scores; see the
+    /// README). Reloaded when it changes; none = no segments.
+    #[arg(long, env = "SEGSCORE_SEGMENTS")]
+    pub segments: Option<PathBuf>,
     /// gRPC listen address.
     #[arg(long, env = "SEGSCORE_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
@@ -275,6 +313,12 @@ impl ServeArgs {
             return Err(format!(
                 "--models {}: not a directory (point it at the model repository)",
                 self.models.display()
+            ));
+        }
+        if let Some(file) = self.segments.as_ref().filter(|f| !f.is_file()) {
+            return Err(format!(
+                "--segments {}: not a file (point it at a segments.toml rules file)",
+                file.display()
             ));
         }
         if self.max_rows_per_request == 0 || self.engine.max_batch_rows == 0 {

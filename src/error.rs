@@ -27,10 +27,14 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Resolve(#[from] ResolveError),
-    #[error("segment `{0}` not found: no segments are configured on this server")]
-    UnknownSegment(String),
+    #[error("segment `{name}` not found (known segments: {known})")]
+    UnknownSegment { name: String, known: String },
+    #[error("segment `{name}` was refused when the rules were loaded: {reason}")]
+    SegmentFailed { name: String, reason: String },
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    Internal(String),
     #[error("{0}")]
     Lifecycle(#[from] LifecycleCommandError),
     #[error("model `{model}` version {version}: {source}")]
@@ -70,7 +74,9 @@ impl From<ApiError> for Status {
             ApiError::Batch(_) | ApiError::InvalidArgument(_) | ApiError::Feature { .. } => {
                 Code::InvalidArgument
             }
-            ApiError::Resolve(_) | ApiError::UnknownSegment(_) => Code::NotFound,
+            ApiError::Resolve(_) | ApiError::UnknownSegment { .. } => Code::NotFound,
+            ApiError::SegmentFailed { .. } => Code::FailedPrecondition,
+            ApiError::Internal(_) => Code::Internal,
             ApiError::Lifecycle(e) => match e {
                 LifecycleCommandError::Resolve(_)
                 | LifecycleCommandError::Lifecycle(LifecycleError::UnknownModel(_)) => {

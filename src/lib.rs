@@ -4,7 +4,8 @@
 //! The modules follow a request: [`api`] parses protobuf at the edge into
 //! [`features`] batches; the [`repository`] resolves the model version; the
 //! [`engine`] scores on worker threads that own ONNX Runtime or smartcore
-//! backends. [`app`] wires the server, [`config`] parses options, [`bulk`] is the
+//! backends; [`segments`] evaluates CEL segment rules over the features and
+//! scores. [`app`] wires the server, [`config`] parses options, [`bulk`] is the
 //! `segscore score` file job, [`train`] the smartcore trainer and [`bench`] the
 //! benchmark suite.
 
@@ -19,5 +20,6 @@ pub mod features;
 pub mod metrics;
 pub mod repository;
 pub mod security;
+pub mod segments;
 pub mod telemetry;
 pub mod train;

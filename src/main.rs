@@ -6,9 +6,9 @@ use std::{path::Path, process::ExitCode};
 use segscore::{
     app::{shutdown_signal, Application},
     bench, bulk,
-    config::{self, Command, ModelsCommand},
+    config::{self, Command, ModelsCommand, SegmentsCommand},
     repository::{self, load, Manifest},
-    telemetry, train,
+    segments, telemetry, train,
 };
 
 fn main() -> ExitCode {
@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Validate { dir, engine }) => {
             validate(&dir, &engine.engine_config())
         }
+        Command::Segments(command) => run_segments(command),
         Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
     };
     // Flush spans while the runtime still runs the exporter.
@@ -187,4 +188,65 @@ fn previous_valid_version(
         .range(..version)
         .rev()
         .find_map(|(_, d)| check(d, None).ok().map(|v| v.manifest)))
+}
+
+/// `segscore segments check|stats`.
+fn run_segments(command: SegmentsCommand) -> anyhow::Result<()> {
+    match command {
+        SegmentsCommand::Check { file, models } => {
+            let rules = segments::RulesFile::read(&file)?;
+            let catalog = segments::Catalog::from_directory(&models).map_err(|e| {
+                anyhow::anyhow!("reading the model repository {}: {e}", models.display())
+            })?;
+            let compiled =
+                segments::Segments::compile(&rules, &catalog, Some(file.display().to_string()));
+            let mut failed = 0;
+            for segment in compiled.segments() {
+                match &segment.state {
+                    Ok(rule) => println!(
+                        "ok      {} (models: {}; {})",
+                        segment.name,
+                        if rule.models().is_empty() {
+                            "none".to_string()
+                        } else {
+                            rule.models().join(", ")
+                        },
+                        if rule.is_compiled() {
+                            "compiled"
+                        } else {
+                            "interpreted"
+                        }
+                    ),
+                    Err(reason) => {
+                        failed += 1;
+                        println!("FAILED  {}: {reason}", segment.name);
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} segments refused", compiled.segments().len());
+            }
+            Ok(())
+        }
+        SegmentsCommand::Stats {
+            input,
+            baseline,
+            id_column,
+            json,
+        } => {
+            let now = segments::stats::read(&input, &id_column)?;
+            let before = baseline
+                .map(|b| segments::stats::read(&b, &id_column))
+                .transpose()?;
+            let stats = segments::stats::compare(&now, before.as_ref());
+            if json {
+                for s in &stats {
+                    println!("{}", serde_json::to_string(s)?);
+                }
+            } else {
+                print!("{}", segments::stats::table(&stats));
+            }
+            Ok(())
+        }
+    }
 }

@@ -49,6 +49,8 @@ pub struct Metrics {
     score_value: HistogramVec,
     loaded_versions: IntGaugeVec,
     model_loads: IntCounterVec,
+    segment_rows: IntCounterVec,
+    segment_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,6 +154,16 @@ impl Metrics {
                 "Version loads by outcome (passed or failed the validation gate)",
                 &["model", "result"],
             ),
+            segment_rows: counter(
+                "segscore_segment_rows_total",
+                "Rows found members of a segment (Score and ScoreStream)",
+                &["segment"],
+            ),
+            segment_errors: counter(
+                "segscore_segment_errors_total",
+                "Rows a segment's rule could not be evaluated on (missing rejected feature, rule error)",
+                &["segment"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -167,6 +179,8 @@ impl Metrics {
             Box::new(m.score_value.clone()),
             Box::new(m.loaded_versions.clone()),
             Box::new(m.model_loads.clone()),
+            Box::new(m.segment_rows.clone()),
+            Box::new(m.segment_errors.clone()),
         ];
         for c in collectors {
             m.registry
@@ -232,6 +246,19 @@ impl Metrics {
         for (result, total) in [("passed", succeeded), ("failed", failed)] {
             let c = self.model_loads.with_label_values(&[model, result]);
             c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+
+    /// Counts one segment's evaluation over a request: member rows and
+    /// rows in error.
+    pub fn segment(&self, segment: &str, members: usize, errors: usize) {
+        self.segment_rows
+            .with_label_values(&[segment])
+            .inc_by(members as u64);
+        if errors > 0 {
+            self.segment_errors
+                .with_label_values(&[segment])
+                .inc_by(errors as u64);
         }
     }
 

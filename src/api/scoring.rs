@@ -19,8 +19,14 @@ use super::{
 use crate::{
     error::ApiError,
     features::{BatchError, FeatureBatch},
-    repository::{routing, LoadedModel, ModelOutput, Route, SharedRepository},
+    metrics::Metrics,
+    repository::{routing, LoadedModel, ModelOutput, Route, SharedRepository, Task},
+    segments::{ModelScoresView, RuleInput, Segments, SharedSegments},
 };
+
+/// Above this many rows × segments, rules are evaluated on a blocking thread
+/// so a whole-user-base request does not hold an async worker for long.
+const INLINE_SEGMENT_CELLS: usize = 1 << 16;
 
 /// Per-request limits that protect the machine.
 #[derive(Debug, Clone, Copy)]
@@ -35,8 +41,12 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct ScoringService {
     repository: SharedRepository,
+    /// The compiled rules file, swapped on reloads.
+    segments: SharedSegments,
     limits: Limits,
     gate: Arc<RequestGate>,
+    /// Segment membership counters (None without --metrics-addr).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The (model, version) pairs that scored a response, for metrics.
@@ -48,11 +58,19 @@ fn scored_by(resp: &pb::ScoreResponse) -> impl Iterator<Item = (&str, u64)> {
 }
 
 impl ScoringService {
-    pub fn new(repository: SharedRepository, limits: Limits, gate: Arc<RequestGate>) -> Self {
+    pub fn new(
+        repository: SharedRepository,
+        segments: SharedSegments,
+        limits: Limits,
+        gate: Arc<RequestGate>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         Self {
             repository,
+            segments,
             limits,
             gate,
+            metrics,
         }
     }
 
@@ -68,8 +86,46 @@ impl ScoringService {
                 "the request names no models (set `models`)".into(),
             ));
         }
-        if let Some(segment) = req.segments.first() {
-            return Err(ApiError::UnknownSegment(segment.clone()));
+        // Segments resolve first: a bad name changes nothing and costs nothing.
+        let segments = self.segments.load_full();
+        let mut extra_models: Vec<pb::ModelRef> = Vec::new();
+        for (i, name) in req.segments.iter().enumerate() {
+            if req.segments[..i].contains(name) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "segment `{name}` is listed twice"
+                )));
+            }
+            let segment = segments.get(name).ok_or_else(|| ApiError::UnknownSegment {
+                name: name.clone(),
+                known: match segments.names() {
+                    names if names.is_empty() => {
+                        "none: the server has no segments file (--segments)".into()
+                    }
+                    names => names.join(", "),
+                },
+            })?;
+            let rule = segment
+                .state
+                .as_ref()
+                .map_err(|reason| ApiError::SegmentFailed {
+                    name: name.clone(),
+                    reason: reason.clone(),
+                })?;
+            // A model the caller listed is read as the caller asked for it
+            // (its first listing); any other is added at its default version.
+            for model in rule.models() {
+                let listed = req
+                    .models
+                    .iter()
+                    .chain(&extra_models)
+                    .any(|m| m.name == *model);
+                if !listed {
+                    extra_models.push(pb::ModelRef {
+                        name: model.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
         }
         let matrix = req
             .features
@@ -94,11 +150,16 @@ impl ScoringService {
                 req.entity_ids.len()
             )));
         }
-        let mut planned = Vec::with_capacity(req.models.len());
-        for (i, model_ref) in req.models.iter().enumerate() {
+        let mut planned = Vec::with_capacity(req.models.len() + extra_models.len());
+        for (i, model_ref) in req.models.iter().chain(&extra_models).enumerate() {
             // Two versions of one model is a comparison; the same reference
-            // twice only doubles the work and the answer.
-            if req.models[..i].contains(model_ref) {
+            // twice only doubles the work and the answer. (Models added for
+            // segments come after the caller's and are never duplicates.)
+            if req
+                .models
+                .get(..i)
+                .is_some_and(|earlier| earlier.contains(model_ref))
+            {
                 return Err(ApiError::InvalidArgument(format!(
                     "model `{}` is listed twice with the same version and label",
                     model_ref.name
@@ -119,15 +180,78 @@ impl ScoringService {
         }
         let runs = planned.into_iter().map(|plan| plan.run(rows, deadline));
         let models = futures::future::try_join_all(runs).await?;
+        let (models, memberships) = if req.segments.is_empty() {
+            (models, Vec::new())
+        } else if rows.saturating_mul(req.segments.len()) <= INLINE_SEGMENT_CELLS {
+            let memberships = evaluate_segments(&segments, &req.segments, &batch, &models);
+            (models, memberships)
+        } else {
+            let names = req.segments.clone();
+            tokio::task::spawn_blocking(move || {
+                let memberships = evaluate_segments(&segments, &names, &batch, &models);
+                (models, memberships)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("segment evaluation task: {e}")))?
+        };
+        if let Some(metrics) = &self.metrics {
+            for m in &memberships {
+                metrics.segment(&m.name, m.member_rows.len(), m.errors.len());
+            }
+        }
         Ok(pb::ScoreResponse {
             sequence: req.sequence,
             entity_ids: req.entity_ids,
             rows: rows as u32,
             models,
-            segments: Vec::new(),
+            segments: memberships,
             error: None,
         })
     }
+}
+
+/// Membership of each named (ready) segment over the request's features and
+/// the scores in `models` (each model's first entry).
+fn evaluate_segments(
+    segments: &Segments,
+    names: &[String],
+    batch: &FeatureBatch,
+    models: &[pb::ModelScores],
+) -> Vec<pb::SegmentMembership> {
+    let mut scores = std::collections::HashMap::new();
+    for m in models {
+        let task = match pb::Task::try_from(m.task) {
+            Ok(pb::Task::Regression) => Task::Regression,
+            Ok(pb::Task::Clustering) => Task::Clustering,
+            _ => Task::BinaryClassification,
+        };
+        scores.entry(m.name.as_str()).or_insert(ModelScoresView {
+            task,
+            scores: &m.scores,
+            cluster_ids: &m.cluster_ids,
+            version: m.version,
+            canary_version: m.canary_version,
+            canary_rows: &m.canary_rows,
+        });
+    }
+    let input = RuleInput { batch, scores };
+    let mut evaluation = segments.evaluator(&input);
+    names
+        .iter()
+        .filter_map(|name| {
+            let rule = segments.get(name)?.state.as_ref().ok()?;
+            let membership = evaluation.evaluate(rule);
+            Some(pb::SegmentMembership {
+                name: name.clone(),
+                member_rows: membership.member_rows,
+                errors: membership
+                    .errors
+                    .into_iter()
+                    .map(|(row, reason)| pb::RowError { row, reason })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 /// One model's share of a request, encoded and checked before any work is
@@ -399,6 +523,33 @@ impl pb::scoring_server::Scoring for ScoringService {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let models = model_infos(&self.repository.load());
         Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+
+    async fn list_segments(
+        &self,
+        _request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let segments = self.segments.load();
+        let infos = segments
+            .segments()
+            .iter()
+            .map(|s| pb::SegmentInfo {
+                name: s.name.clone(),
+                description: s.description.clone(),
+                rule: s.rule.clone(),
+                models: s.models().to_vec(),
+                state: match &s.state {
+                    Ok(_) => pb::SegmentState::Ready,
+                    Err(_) => pb::SegmentState::Failed,
+                }
+                .into(),
+                reason: s.state.as_ref().err().cloned().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: infos,
+            source: segments.source.clone().unwrap_or_default(),
+        }))
     }
 
     async fn get_model(

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Write the Markdown report here.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub output: PathBuf,
+    /// Segment rules for case (d): Score at 1,024 rows over every model with
+    /// and without all the file's segments (skipped if the file is absent).
+    #[arg(long, default_value = "segments.toml")]
+    pub segments: PathBuf,
     /// Path to libonnxruntime.so (default: searched in .venv).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
@@ -108,9 +112,21 @@ pub struct CaseResult {
     pub ratio_to_in_process: Option<f64>,
     /// Server resident memory after the case (service cases).
     pub server_rss_mib: Option<f64>,
+    /// Case (d): segment names evaluated per request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
+    /// Case (d) with segments: rows/s divided by the same requests' rows/s
+    /// without segments (1.0 = free; the target is >= 0.8, i.e. <= 25% extra time).
+    pub ratio_to_without_segments: Option<f64>,
+    /// Case (d): in-process time to evaluate the segments over one request
+    /// (bindings included), compiled evaluator and cel interpreter, in µs.
+    pub segment_eval_us: Option<f64>,
+    pub segment_eval_interpreted_us: Option<f64>,
 }
 
 const IN_PROCESS_ROWS: [usize; 4] = [1, 64, 1024, 16384];
+/// Rows per request of case (d), the size the segments target is set at.
+const SEGMENT_CASE_ROWS: usize = 1024;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
     let workers = args
@@ -180,6 +196,66 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
                     results.push(r);
                 }
             }
+        }
+        server.stop()?;
+    }
+
+    // (d) segment rules: the cost of evaluating them next to the models.
+    if args.segments.is_file() {
+        let file = crate::segments::RulesFile::read(&args.segments)?;
+        let names: Vec<String> = file.segments.iter().map(|s| s.name.clone()).collect();
+        let all_models: Vec<String> = scan(&args.models)?.into_keys().collect();
+        let server = Server::start_with(&args, workers, true, Some(&args.segments))?;
+        let mut without = None;
+        for segments in [Vec::new(), names] {
+            let case = ServiceCase {
+                rows: SEGMENT_CASE_ROWS,
+                concurrency: 1,
+                protocol: "score",
+            };
+            let request = pb::ScoreRequest {
+                features: Some(request_rows(&base, SEGMENT_CASE_ROWS)),
+                models: all_models
+                    .iter()
+                    .map(|name| pb::ModelRef {
+                        name: name.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                segments: segments.clone(),
+                ..Default::default()
+            };
+            let eval_cost = if segments.is_empty() {
+                None
+            } else {
+                Some(segment_eval_cost(&args, &server, &file, request.clone()).await?)
+            };
+            let mut r = service_case_with(
+                &args,
+                &server,
+                manifest,
+                &base,
+                &encoded,
+                case,
+                Some(request),
+            )
+            .await?;
+            if let Some((compiled, interpreted)) = eval_cost {
+                r.segment_eval_us = Some(compiled);
+                r.segment_eval_interpreted_us = Some(interpreted);
+            }
+            r.suite = "segments";
+            r.model = all_models.join("+");
+            r.batching = Some(true);
+            r.segments = segments;
+            match without {
+                None => without = Some(r.rows_per_second),
+                Some(base) => {
+                    r.ratio_to_without_segments = Some(r.rows_per_second / base.max(1e-9))
+                }
+            }
+            emit(&r);
+            results.push(r);
         }
         server.stop()?;
     }
@@ -330,6 +406,10 @@ fn summarize(
         max_ms: micros.last().map_or(0.0, |m| *m as f64 / 1000.0),
         ratio_to_in_process: None,
         server_rss_mib: None,
+        segments: Vec::new(),
+        ratio_to_without_segments: None,
+        segment_eval_us: None,
+        segment_eval_interpreted_us: None,
     }
 }
 
@@ -341,6 +421,15 @@ struct Server {
 
 impl Server {
     fn start(args: &BenchArgs, workers: usize, batching: bool) -> anyhow::Result<Self> {
+        Self::start_with(args, workers, batching, None)
+    }
+
+    fn start_with(
+        args: &BenchArgs,
+        workers: usize,
+        batching: bool,
+        segments: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
@@ -355,6 +444,9 @@ impl Server {
             .stderr(Stdio::piped());
         if let Some(p) = &args.ort_dylib_path {
             cmd.arg("--ort-dylib-path").arg(p);
+        }
+        if let Some(p) = segments {
+            cmd.arg("--segments").arg(p);
         }
         let mut child = cmd.spawn().context("starting segscore serve")?;
         let stderr = BufReader::new(child.stderr.take().expect("stderr piped; this is a bug"));
@@ -484,6 +576,19 @@ async fn service_case(
     encoded: &Array2<f32>,
     case: ServiceCase,
 ) -> anyhow::Result<CaseResult> {
+    service_case_with(args, server, manifest, base, encoded, case, None).await
+}
+
+/// A service case; `request` replaces the default Score request (case d).
+async fn service_case_with(
+    args: &BenchArgs,
+    server: &Server,
+    manifest: &Manifest,
+    base: &pb::FeatureMatrix,
+    encoded: &Array2<f32>,
+    case: ServiceCase,
+    request: Option<pb::ScoreRequest>,
+) -> anyhow::Result<CaseResult> {
     let ServiceCase {
         rows,
         concurrency,
@@ -512,6 +617,8 @@ async fn service_case(
             raw_input_contents: vec![matrix.iter().flat_map(|v| v.to_le_bytes()).collect()],
             ..Default::default()
         })
+    } else if let Some(request) = request {
+        Call::Score(request)
     } else {
         Call::Score(pb::ScoreRequest {
             features: Some(request_rows(base, rows)),
@@ -542,10 +649,9 @@ async fn service_case(
                     let t = Instant::now();
                     let ok = match &call {
                         Call::Score(req) => score.score(req.clone()).await.is_ok_and(|r| {
-                            r.into_inner()
-                                .models
-                                .first()
-                                .is_some_and(|m| m.scores.len() == rows)
+                            let r = r.into_inner();
+                            r.segments.len() == req.segments.len()
+                                && r.models.first().is_some_and(|m| m.scores.len() == rows)
                         }),
                         Call::Infer(req) => infer.model_infer(req.clone()).await.is_ok_and(|r| {
                             r.into_inner()
@@ -584,6 +690,79 @@ async fn service_case(
     r.server_rss_mib = server.rss_mib();
     r.protocol = protocol;
     Ok(r)
+}
+
+/// Times the evaluation of `request`'s segments in-process over the scores
+/// the server returns for it: (compiled, interpreted) µs per request, best of
+/// repeated runs, variable binding included.
+async fn segment_eval_cost(
+    args: &BenchArgs,
+    server: &Server,
+    file: &crate::segments::RulesFile,
+    request: pb::ScoreRequest,
+) -> anyhow::Result<(f64, f64)> {
+    use crate::segments::{Catalog, ModelScoresView, RuleInput, Segments};
+    let channel = Channel::from_shared(server.addr.clone())?.connect().await?;
+    let response = ScoringClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .score(request.clone())
+        .await?
+        .into_inner();
+    let catalog = Catalog::from_directory(&args.models)?;
+    let segments = Segments::compile(file, &catalog, None);
+    let batch = crate::features::FeatureBatch::try_from(
+        request.features.context("the bench request has features")?,
+    )?;
+    let scores = response
+        .models
+        .iter()
+        .map(|m| {
+            let task = match pb::Task::try_from(m.task) {
+                Ok(pb::Task::Regression) => crate::repository::Task::Regression,
+                Ok(pb::Task::Clustering) => crate::repository::Task::Clustering,
+                _ => crate::repository::Task::BinaryClassification,
+            };
+            let view = ModelScoresView {
+                task,
+                scores: &m.scores,
+                cluster_ids: &m.cluster_ids,
+                version: m.version,
+                canary_version: m.canary_version,
+                canary_rows: &m.canary_rows,
+            };
+            (m.name.as_str(), view)
+        })
+        .collect();
+    let input = RuleInput {
+        batch: &batch,
+        scores,
+    };
+    let rules: Vec<_> = request
+        .segments
+        .iter()
+        .filter_map(|n| segments.get(n)?.state.as_ref().ok())
+        .collect();
+    let time = |interpreted: bool| {
+        let mut best = f64::INFINITY;
+        let until = Instant::now() + Duration::from_secs_f64((args.seconds / 4.0).max(0.2));
+        let mut runs = 0;
+        while runs < 3 || Instant::now() < until {
+            let t = Instant::now();
+            let mut evaluation = segments.evaluator(&input);
+            for rule in &rules {
+                let m = if interpreted {
+                    evaluation.evaluate_interpreted(rule)
+                } else {
+                    evaluation.evaluate(rule)
+                };
+                std::hint::black_box(m);
+            }
+            best = best.min(t.elapsed().as_secs_f64() * 1e6);
+            runs += 1;
+        }
+        best
+    };
+    Ok((time(false), time(true)))
 }
 
 fn cpu_model() -> String {
@@ -642,7 +821,10 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
         md,
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
-    for r in results.iter().filter(|r| r.suite != "in_process") {
+    for r in results
+        .iter()
+        .filter(|r| r.suite != "in_process" && r.suite != "segments")
+    {
         writeln!(
             md,
             "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
@@ -679,6 +861,46 @@ fn write_report(args: &BenchArgs, workers: usize, results: &[CaseResult]) -> any
             "\nSingle-row requests at concurrency 64: batching on / off = {:.2}× requests/s.",
             on.calls_per_second / off.calls_per_second.max(1e-9)
         )?;
+    }
+    let segment_cases: Vec<&CaseResult> =
+        results.iter().filter(|r| r.suite == "segments").collect();
+    if !segment_cases.is_empty() {
+        writeln!(
+            md,
+            "\n## (d) Segment rules: Score at {SEGMENT_CASE_ROWS} rows, every model, with and without segments\n"
+        )?;
+        writeln!(
+            md,
+            "Same server (`--segments {}`), same requests, concurrency 1; the second row also asks for every segment of the file. \
+             Target: rows/s with segments ≥ 0.8 × without (≤ 25% extra time).\n",
+            args.segments.display()
+        )?;
+        writeln!(
+            md,
+            "| models | segments | rows/s | p50 ms | p99 ms | × without segments | rules in-process µs (compiled / interpreter) |"
+        )?;
+        writeln!(md, "|---|---|---:|---:|---:|---:|---:|")?;
+        for r in segment_cases {
+            writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |",
+                r.model,
+                if r.segments.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.segments.join(", ")
+                },
+                r.rows_per_second,
+                r.p50_ms,
+                r.p99_ms,
+                r.ratio_to_without_segments
+                    .map_or("-".into(), |x| format!("{x:.3}")),
+                match (r.segment_eval_us, r.segment_eval_interpreted_us) {
+                    (Some(c), Some(i)) => format!("{c:.0} / {i:.0}"),
+                    _ => "-".into(),
+                },
+            )?;
+        }
     }
     // Keep any hand-written analysis below the generated part.
     let analysis = std::fs::read_to_string(&args.output)

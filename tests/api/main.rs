@@ -14,5 +14,6 @@ mod metrics;
 mod repository;
 mod scoring;
 mod security;
+mod segments;
 mod shutdown;
 mod telemetry;
