@@ -348,6 +348,14 @@ pub struct ScoreArgs {
     /// every model with a serving version.
     #[arg(long, env = "SEGSCORE_SCORE_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Segments to evaluate (comma-separated names from the rules file): one
+    /// `segment:<name>` boolean column each (null where the rule errored on
+    /// the row). The models the rules read are scored and written too.
+    #[arg(long, env = "SEGSCORE_SCORE_SEGMENTS", value_delimiter = ',')]
+    pub segments: Vec<String>,
+    /// Embedded scoring: the segment rules file (a server uses its own).
+    #[arg(long, env = "SEGSCORE_SEGMENTS_FILE", default_value = "segments.toml")]
+    pub segments_file: PathBuf,
     /// The id column, copied to the output and never logged.
     #[arg(long, env = "SEGSCORE_ID_COLUMN", default_value = "customer_id")]
     pub id_column: String,

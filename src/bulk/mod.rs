@@ -32,7 +32,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, Context};
@@ -50,6 +50,7 @@ use crate::{
     config::ScoreArgs,
     features::{DType, FeatureBatch, FeatureSchema, FeatureSpec},
     repository::{LoadedModel, ModelOutput, Repository, Task},
+    segments::{Membership, ModelScoresView, RuleInput, Segments},
 };
 
 /// What a finished job reports.
@@ -85,7 +86,8 @@ fn parse_model(spec: &str) -> anyhow::Result<(String, u64)> {
 
 /// Where chunks are scored.
 enum Scorer {
-    Embedded(Vec<Arc<LoadedModel>>),
+    /// The models, and the compiled segments evaluated after them.
+    Embedded(Vec<Arc<LoadedModel>>, Arc<Segments>),
     Remote(Vec<Remote>),
 }
 
@@ -93,6 +95,8 @@ struct Remote {
     addr: String,
     client: ScoringClient<Channel>,
     refs: Vec<pb::ModelRef>,
+    /// `--segments`, sent with every chunk.
+    segments: Vec<String>,
 }
 
 /// A model chosen for the job, with the schema rows are checked against.
@@ -116,13 +120,14 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn scored(self, scores: Vec<ModelOutput>) -> Scored {
+    fn scored(self, scores: Vec<ModelOutput>, segments: Vec<Membership>) -> Scored {
         Scored {
             ordinal: self.ordinal,
             chunk: self.chunk,
             rows_read: self.rows_read,
             ids: self.ids,
             scores,
+            segments,
             rejects: self.rejects,
         }
     }
@@ -146,10 +151,16 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
         .filter(|m| !m.trim().is_empty())
         .map(|m| parse_model(m))
         .collect::<anyhow::Result<_>>()?;
+    let segment_names: Vec<String> = args
+        .segments
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     let (scorer, selected) = if args.addr.is_empty() {
-        embedded(&args, choice).await?
+        embedded(&args, choice, &segment_names).await?
     } else {
-        remote(&args.addr, choice).await?
+        remote(&args.addr, choice, &segment_names).await?
     };
     if selected.is_empty() {
         bail!("no model to score with: none is serving (or --models is empty)");
@@ -172,6 +183,15 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
             });
         }
     }
+    columns.extend(
+        segment_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| OutputColumn {
+                name: format!("{}{name}", crate::segments::stats::COLUMN_PREFIX),
+                kind: OutputKind::Segment { segment: i },
+            }),
+    );
 
     // The checkpoint: resumed, or a fresh staging directory.
     let input_meta = std::fs::metadata(&args.input)
@@ -292,6 +312,7 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
             schemas,
             strict: args.strict,
             scorer,
+            segment_names: segment_names.clone(),
             in_flight,
             writer,
             reporter,
@@ -388,6 +409,8 @@ struct PipelineParts {
     schemas: Vec<(String, FeatureSchema)>,
     strict: bool,
     scorer: Scorer,
+    /// `--segments`, in output column order.
+    segment_names: Vec<String>,
     in_flight: usize,
     writer: PartWriter,
     reporter: progress::Reporter,
@@ -401,12 +424,13 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
         schemas,
         strict,
         scorer,
+        segment_names,
         in_flight,
         mut writer,
         mut reporter,
     } = parts;
     let servers = match &scorer {
-        Scorer::Embedded(_) => 1,
+        Scorer::Embedded(..) => 1,
         Scorer::Remote(r) => r.len(),
     };
     // Chunks between dispatch and write: enough to keep every stream full,
@@ -469,7 +493,7 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
 
     let scoring = async {
         match scorer {
-            Scorer::Embedded(models) => {
+            Scorer::Embedded(models, segments) => {
                 let window = window.clone();
                 let scored = futures::stream::poll_fn(|cx| prep_rx.poll_recv(cx))
                     .then(|p| {
@@ -485,19 +509,28 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
                     })
                     .map(|p| {
                         let models = models.clone();
+                        let segments = segments.clone();
+                        let names = &segment_names;
                         async move {
-                            let scores = match &p.batch {
-                                None => vec![ModelOutput::default(); models.len()],
+                            let (scores, memberships) = match &p.batch {
+                                None => (
+                                    vec![ModelOutput::default(); models.len()],
+                                    vec![Membership::default(); names.len()],
+                                ),
                                 Some(batch) => {
                                     let runs = models.iter().map(|m| async move {
                                         m.score(batch).await.with_context(|| {
                                             format!("model `{}` version {}", m.name(), m.version())
                                         })
                                     });
-                                    futures::future::try_join_all(runs).await?
+                                    let scores = futures::future::try_join_all(runs).await?;
+                                    let memberships = evaluate_embedded(
+                                        &segments, names, batch, &models, &scores,
+                                    );
+                                    (scores, memberships)
                                 }
                             };
-                            anyhow::Ok(p.scored(scores))
+                            anyhow::Ok(p.scored(scores, memberships))
                         }
                     })
                     .buffered(in_flight);
@@ -520,8 +553,10 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
                         };
                         permit.forget();
                         if p.batch.is_none() {
-                            let _ =
-                                done_tx.send(p.scored(vec![ModelOutput::default(); model_count]));
+                            let _ = done_tx.send(p.scored(
+                                vec![ModelOutput::default(); model_count],
+                                vec![Membership::default(); segment_names.len()],
+                            ));
                         } else if work_tx.send(p).await.is_err() {
                             break;
                         }
@@ -628,17 +663,18 @@ async fn stream_to(
         addr,
         mut client,
         refs,
+        segments,
     } = remote;
+    let wanted_segments = segments.clone();
     let (req_tx, mut req_rx) = mpsc::channel::<pb::ScoreRequest>(in_flight);
     // Chunks sent and not yet answered, in send order (the server answers a
     // stream in request order).
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Prepared>();
     let slots = Arc::new(Semaphore::new(in_flight));
     let outbound = futures::stream::poll_fn(move |cx| req_rx.poll_recv(cx));
-    let mut request = tonic::Request::new(outbound);
-    // The stream lives as long as the job; without a timeout of its own the
-    // server's default per-request deadline would end it.
-    request.set_timeout(Duration::from_secs(7 * 24 * 3600));
+    // No grpc-timeout: the stream lives as long as the job, and the server's
+    // default deadline bounds each chunk.
+    let request = tonic::Request::new(outbound);
     let send = {
         let slots = slots.clone();
         let refs = refs.clone();
@@ -660,7 +696,7 @@ async fn stream_to(
                     entity_ids: Vec::new(), // ids stay on this side of the wire
                     features: Some(batch.into()),
                     models: refs.clone(),
-                    segments: Vec::new(),
+                    segments: segments.clone(),
                 };
                 if sent_tx.send(p).is_err() || req_tx.send(request).await.is_err() {
                     break;
@@ -710,8 +746,24 @@ async fn stream_to(
             if scores.len() != refs.len() || scores.iter().any(|s| s.scores.len() != p.ids.len()) {
                 bail!("{addr}: a malformed answer for chunk {}", p.chunk);
             }
+            // Membership in --segments order, whatever order the server used.
+            let memberships = wanted_segments
+                .iter()
+                .map(|name| {
+                    resp.segments
+                        .iter()
+                        .find(|m| &m.name == name)
+                        .map(|m| Membership {
+                            member_rows: m.member_rows.clone(),
+                            errors: m.errors.iter().map(|e| (e.row, e.reason.clone())).collect(),
+                        })
+                        .with_context(|| {
+                            format!("{addr}: no membership for segment `{name}` in the answer")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             slots.add_permits(1);
-            if done.send(p.scored(scores)).is_err() {
+            if done.send(p.scored(scores, memberships)).is_err() {
                 bail!("the writer stopped");
             }
         }
@@ -728,12 +780,33 @@ async fn stream_to(
 async fn embedded(
     args: &ScoreArgs,
     choice: Vec<(String, u64)>,
+    segment_names: &[String],
 ) -> anyhow::Result<(Scorer, Vec<Selected>)> {
     let engine = args.engine.engine_config();
     let root = args.models_dir.clone();
     let repository = tokio::task::spawn_blocking(move || Repository::load(&root, &engine))
         .await?
         .with_context(|| format!("reading {}", args.models_dir.display()))?;
+    let segments = if segment_names.is_empty() {
+        Segments::default()
+    } else {
+        crate::segments::reload::load(&args.segments_file, &repository)?
+    };
+    let mut needed = Vec::new();
+    for name in segment_names {
+        let segment = segments.get(name).with_context(|| {
+            format!(
+                "segment `{name}` is not in {} (it has: {})",
+                args.segments_file.display(),
+                segments.names().join(", ")
+            )
+        })?;
+        let rule = segment
+            .state
+            .as_ref()
+            .map_err(|why| anyhow::anyhow!("segment `{name}` was refused: {why}"))?;
+        needed.extend(rule.models().iter().cloned());
+    }
     let choice = if choice.is_empty() {
         repository
             .serving_names()
@@ -741,7 +814,7 @@ async fn embedded(
             .map(|n| (n, 0))
             .collect()
     } else {
-        choice
+        with_models(choice, &needed)
     };
     let mut loaded = Vec::new();
     let mut selected = Vec::new();
@@ -758,13 +831,70 @@ async fn embedded(
         });
         loaded.push(model);
     }
-    Ok((Scorer::Embedded(loaded), selected))
+    Ok((Scorer::Embedded(loaded, Arc::new(segments)), selected))
+}
+
+/// `choice` plus, at their default versions, the models segment rules read
+/// that it does not name: they are scored, and written, like the others.
+fn with_models(mut choice: Vec<(String, u64)>, needed: &[String]) -> Vec<(String, u64)> {
+    for name in needed {
+        if !choice.iter().any(|(n, _)| n == name) {
+            choice.push((name.clone(), 0));
+        }
+    }
+    choice
+}
+
+/// Membership of each of `names` over one scored chunk (embedded mode), as
+/// the server computes it.
+fn evaluate_embedded(
+    segments: &Segments,
+    names: &[String],
+    batch: &FeatureBatch,
+    models: &[Arc<LoadedModel>],
+    scores: &[ModelOutput],
+) -> Vec<Membership> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let views = models
+        .iter()
+        .zip(scores)
+        .map(|(m, s)| {
+            (
+                m.name(),
+                ModelScoresView {
+                    task: m.manifest.task,
+                    scores: &s.scores,
+                    cluster_ids: &s.cluster_ids,
+                    version: m.version(),
+                    canary_version: 0,
+                    canary_rows: &[],
+                },
+            )
+        })
+        .collect();
+    let input = RuleInput {
+        batch,
+        scores: views,
+    };
+    let mut evaluation = segments.evaluator(&input);
+    names
+        .iter()
+        .map(|name| match segments.get(name).map(|s| &s.state) {
+            Some(Ok(rule)) => evaluation.evaluate(rule),
+            // Checked at start-up: every name is a ready segment.
+            _ => Membership::default(),
+        })
+        .collect()
 }
 
 async fn remote(
     addrs: &[String],
     choice: Vec<(String, u64)>,
+    segment_names: &[String],
 ) -> anyhow::Result<(Scorer, Vec<Selected>)> {
+    let mut choice = choice;
     let mut remotes = Vec::new();
     let mut selected: Option<Vec<Selected>> = None;
     for addr in addrs {
@@ -782,6 +912,36 @@ async fn remote(
             .map_err(|s| anyhow::anyhow!("{addr}: ListModels: {:?}: {}", s.code(), s.message()))?
             .into_inner()
             .models;
+        if selected.is_none() && !segment_names.is_empty() {
+            let listed = client
+                .list_segments(pb::ListSegmentsRequest {})
+                .await
+                .map_err(|s| {
+                    anyhow::anyhow!("{addr}: ListSegments: {:?}: {}", s.code(), s.message())
+                })?
+                .into_inner()
+                .segments;
+            let mut needed = Vec::new();
+            for name in segment_names {
+                let info = listed.iter().find(|s| &s.name == name).with_context(|| {
+                    format!(
+                        "segment `{name}` is not served by {addr} (it has: {})",
+                        listed
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+                if !info.reason.is_empty() {
+                    bail!("{addr}: segment `{name}` was refused: {}", info.reason);
+                }
+                needed.extend(info.models.iter().cloned());
+            }
+            if !choice.is_empty() {
+                choice = with_models(choice, &needed);
+            }
+        }
         // The first server decides the versions (its defaults, unless
         // pinned); every other server must serve exactly those.
         let pinned: Vec<(String, u64)> = match &selected {
@@ -860,6 +1020,7 @@ async fn remote(
             addr: addr.clone(),
             client,
             refs,
+            segments: segment_names.to_vec(),
         });
         selected.get_or_insert(here);
     }

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::{
     arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter},
@@ -30,7 +30,7 @@ use parquet::{
 use serde::{Deserialize, Serialize};
 
 use super::read::{Format, Reject};
-use crate::repository::ModelOutput;
+use crate::{repository::ModelOutput, segments::Membership};
 
 /// What an output column holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +43,9 @@ pub enum OutputKind {
     /// Clustering model `model`'s cluster id (u32), next to its score (the
     /// distance to the centroid).
     Cluster { model: usize },
+    /// Membership of segment `segment` (in `--segments` order): true, false,
+    /// or null where the rule could not be evaluated on the row.
+    Segment { segment: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +74,22 @@ pub struct Scored {
     pub ids: Vec<String>,
     /// Per model: one score per valid row (and, clustering, one cluster id).
     pub scores: Vec<ModelOutput>,
+    /// Per segment: membership of the valid rows.
+    pub segments: Vec<Membership>,
     pub rejects: Vec<Reject>,
+}
+
+/// One segment's membership as a column of `rows` values: true for
+/// members, null for rows the rule errored on, false otherwise.
+fn membership_column(m: &Membership, rows: usize) -> Vec<Option<bool>> {
+    let mut column = vec![Some(false); rows];
+    for &r in &m.member_rows {
+        column[r as usize] = Some(true);
+    }
+    for (r, _) in &m.errors {
+        column[*r as usize] = None;
+    }
+    column
 }
 
 /// What makes a staging directory resumable by this run: the same input
@@ -227,6 +245,7 @@ pub fn arrow_schema(columns: &[OutputColumn]) -> SchemaRef {
             OutputKind::Id => Field::new(&c.name, DataType::Utf8, false),
             OutputKind::Score { .. } => Field::new(&c.name, DataType::Float32, false),
             OutputKind::Cluster { .. } => Field::new(&c.name, DataType::UInt32, false),
+            OutputKind::Segment { .. } => Field::new(&c.name, DataType::Boolean, true),
         })
         .collect();
     Arc::new(Schema::new(fields))
@@ -363,6 +382,10 @@ impl PartWriter {
             .scores
             .iter()
             .any(|s| s.scores.len() != n || !(s.cluster_ids.is_empty() || s.cluster_ids.len() == n))
+            || chunk.segments.iter().any(|m| {
+                m.member_rows.iter().any(|&r| r as usize >= n)
+                    || m.errors.iter().any(|(r, _)| *r as usize >= n)
+            })
         {
             bail!(
                 "chunk {}: the scorer returned a score count that differs from the rows sent",
@@ -385,12 +408,20 @@ impl PartWriter {
                                 OutputKind::Cluster { model } => Arc::new(UInt32Array::from(
                                     chunk.scores[model].cluster_ids.clone(),
                                 )),
+                                OutputKind::Segment { segment } => Arc::new(BooleanArray::from(
+                                    membership_column(&chunk.segments[segment], n),
+                                )),
                             }
                         })
                         .collect();
                     w.write(&RecordBatch::try_new(schema, arrays)?)?;
                 }
                 PartSink::Csv(w) => {
+                    let segments: Vec<Vec<Option<bool>>> = chunk
+                        .segments
+                        .iter()
+                        .map(|m| membership_column(m, n))
+                        .collect();
                     let mut record: Vec<String> = Vec::with_capacity(columns.len());
                     for row in 0..n {
                         record.clear();
@@ -405,6 +436,10 @@ impl PartWriter {
                                 OutputKind::Cluster { model } => {
                                     chunk.scores[model].cluster_ids[row].to_string()
                                 }
+                                OutputKind::Segment { segment } => match segments[segment][row] {
+                                    Some(member) => member.to_string(),
+                                    None => String::new(),
+                                },
                             });
                         }
                         w.write_record(&record)?;

@@ -86,3 +86,82 @@ async fn embedded_and_remote_scoring_write_identical_outputs() {
     assert!(pinned.starts_with("customer_id,churn\n"));
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_columns_are_the_same_embedded_and_remote_and_match_score() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("segments.toml");
+    let app = spawn_app_with(&shipped_models(), |a| a.segments = Some(rules.clone())).await;
+    let out = tempfile::tempdir().unwrap();
+    let segments = "likely_buyers_next_30d,high_value_active,churn_risk_high_value";
+    let run = |extra: &[String], output: &str| {
+        let path = out.path().join(output);
+        let status = Command::new(env!("CARGO_BIN_EXE_segscore"))
+            .arg("score")
+            .arg("--input")
+            .arg(sample_users())
+            .arg("--output")
+            .arg(&path)
+            .arg("--models-dir")
+            .arg(shipped_models())
+            .arg("--segments-file")
+            .arg(&rules)
+            .args(["--models", "propensity", "--segments", segments])
+            .args(["--batch-rows", "256"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        std::fs::read_to_string(path).unwrap()
+    };
+    let embedded = run(&[], "embedded.csv");
+    let remote = run(
+        &["--addr".into(), format!("http://{}", app.addr)],
+        "remote.csv",
+    );
+    assert_eq!(embedded, remote);
+    let mut lines = embedded.lines();
+    // The models the rules read (churn, ltv) are scored and written too.
+    assert_eq!(
+        lines.next(),
+        Some(
+            "customer_id,propensity,churn,ltv,segment:likely_buyers_next_30d,\
+             segment:high_value_active,segment:churn_risk_high_value"
+        )
+    );
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    // The same rows through Score with the same segments.
+    let (features, ids) = csv_matrix(
+        &sample_users(),
+        &manifest("churn", latest_version("churn")),
+        "customer_id",
+    );
+    let mut req = request(features, vec![model("propensity", 0)]);
+    req.segments = segments.split(',').map(str::to_owned).collect();
+    let resp = app.score(req).await.unwrap();
+    assert_eq!(rows.len(), ids.len());
+    let mut members = [0usize; 3];
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], ids[i]);
+        for (s, membership) in resp.segments.iter().enumerate() {
+            let want = if membership.errors.iter().any(|e| e.row as usize == i) {
+                ""
+            } else if membership.member_rows.contains(&(i as u32)) {
+                members[s] += 1;
+                "true"
+            } else {
+                "false"
+            };
+            assert_eq!(row[4 + s], want, "row {i}, segment {}", membership.name);
+        }
+    }
+    // Members in the sample, so the columns are not all false (the
+    // churn-risk segment is rare: it may have none in 1,000 rows).
+    assert!(members[0] > 0 && members[1] > 0, "{members:?}");
+    app.stop().await.unwrap();
+}
