@@ -423,6 +423,8 @@ impl PartWriter {
                         .map(|m| membership_column(m, n))
                         .collect();
                     let mut record: Vec<String> = Vec::with_capacity(columns.len());
+                    // Row-major: each row reads one cell of every column.
+                    #[allow(clippy::needless_range_loop)]
                     for row in 0..n {
                         record.clear();
                         for c in &columns {
