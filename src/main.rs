@@ -61,6 +61,12 @@ fn main() -> ExitCode {
                 s.rows_per_second,
                 s.output.display()
             );
+            for (name, members, errors) in &s.segments {
+                eprintln!(
+                    "segment {name}: {members} members ({:.2}% of scored rows), {errors} rows in error",
+                    100.0 * *members as f64 / s.rows_scored.max(1) as f64
+                );
+            }
             Ok(())
         }),
         Command::Bench(args) => rt.block_on(async { bench::run(args).await.map(|_| ()) }),

@@ -64,6 +64,8 @@ pub struct Summary {
     /// Rows this run read, per second.
     pub rows_per_second: f64,
     pub models: Vec<ModelId>,
+    /// Per `--segments` entry: (name, member rows, rows the rule errored on).
+    pub segments: Vec<(String, u64, u64)>,
     pub output: PathBuf,
     pub rejects: PathBuf,
     /// The process's peak resident memory (VmHWM), when /proc has it.
@@ -254,6 +256,8 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
                 rows_read: 0,
                 rows_scored: 0,
                 rows_rejected: 0,
+                segment_members: Vec::new(),
+                segment_errors: Vec::new(),
                 complete: false,
             };
             p.save(&staging)?;
@@ -368,6 +372,18 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
         seconds,
         rows_per_second: this_run as f64 / seconds.max(1e-9),
         models,
+        segments: segment_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let count = |v: &[u64]| v.get(i).copied().unwrap_or(0);
+                (
+                    name.clone(),
+                    count(&final_progress.segment_members),
+                    count(&final_progress.segment_errors),
+                )
+            })
+            .collect(),
         output: args.output.clone(),
         rejects: rejects_path,
         peak_rss_mib: peak_rss_mib(),
@@ -387,6 +403,9 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
         models = versions.join(","),
         "scored"
     );
+    for (segment, members, errors) in &summary.segments {
+        info!(segment, members, errors, "segment rows");
+    }
     Ok(summary)
 }
 

@@ -148,6 +148,12 @@ pub struct Progress {
     pub rows_read: u64,
     pub rows_scored: u64,
     pub rows_rejected: u64,
+    /// Per `--segments` entry: member rows and rows the rule errored on, in
+    /// committed parts.
+    #[serde(default)]
+    pub segment_members: Vec<u64>,
+    #[serde(default)]
+    pub segment_errors: Vec<u64>,
     /// Every chunk is in a committed part; only assembly is left.
     pub complete: bool,
 }
@@ -274,6 +280,8 @@ struct OpenPart {
     /// The chunk after the last one written into this part.
     next_chunk: u64,
     rows_read: u64,
+    /// Per segment: (members, errors) in this part.
+    segment_counts: Vec<(u64, u64)>,
 }
 
 /// Writes scored chunks, in order, into parts and commits them.
@@ -363,6 +371,7 @@ impl PartWriter {
                 reject_count: 0,
                 next_chunk: self.progress.next_chunk,
                 rows_read: 0,
+                segment_counts: Vec::new(),
             });
         }
         Ok(self.open.as_mut().expect("just opened; this is a bug"))
@@ -455,6 +464,13 @@ impl PartWriter {
         }
         part.rows += n as u64;
         part.reject_count += chunk.rejects.len() as u64;
+        if part.segment_counts.len() < chunk.segments.len() {
+            part.segment_counts.resize(chunk.segments.len(), (0, 0));
+        }
+        for (count, m) in part.segment_counts.iter_mut().zip(&chunk.segments) {
+            count.0 += m.member_rows.len() as u64;
+            count.1 += m.errors.len() as u64;
+        }
         part.rows_read += chunk.rows_read;
         part.next_chunk = chunk.chunk + 1;
         if crash_now {
@@ -513,6 +529,14 @@ impl PartWriter {
         p.rows_read += part.rows_read;
         p.rows_scored += part.rows;
         p.rows_rejected += part.reject_count;
+        for (i, (members, errors)) in part.segment_counts.iter().enumerate() {
+            if p.segment_members.len() <= i {
+                p.segment_members.resize(i + 1, 0);
+                p.segment_errors.resize(i + 1, 0);
+            }
+            p.segment_members[i] += members;
+            p.segment_errors[i] += errors;
+        }
         p.save(&self.dir)?;
         self.committed_this_run += 1;
         Ok(())

@@ -1,4 +1,5 @@
-//! `segscore segments stats`: segment sizes in a scored CSV file and, with a
+//! `segscore segments stats`: segment sizes in a scored CSV or Parquet file
+//! (as `segscore score --segments` writes them) and, with a
 //! baseline file, how they changed (size change, members entering and
 //! leaving, Jaccard overlap of the member ids).
 //!
@@ -77,10 +78,121 @@ pub enum StatsError {
     },
     #[error("{path}: the id column has duplicate ids, so members cannot be matched between files")]
     DuplicateIds { path: String },
+    #[error("{path}: {message}")]
+    Parquet { path: String, message: String },
 }
 
-/// Reads the segment columns of a scored CSV file.
+/// One row's id and segment cells, in column order.
+fn add_row(
+    out: &mut ScoredFile,
+    ids: &mut HashSet<String>,
+    names: &[String],
+    id: String,
+    cells: impl Iterator<Item = Option<bool>>,
+) -> bool {
+    out.rows += 1;
+    if !ids.insert(id.clone()) {
+        return false;
+    }
+    for (segment, cell) in names.iter().zip(cells) {
+        let column = out.segments.entry(segment.clone()).or_default();
+        match cell {
+            Some(true) => {
+                column.members.insert(id.clone());
+            }
+            Some(false) => {}
+            None => column.errors += 1,
+        }
+    }
+    true
+}
+
+/// Reads the segment columns of a scored Parquet file, one record batch at
+/// a time: a string id column and nullable boolean `segment:<name>` columns.
+fn read_parquet(path: &Path, id_column: &str) -> Result<ScoredFile, StatsError> {
+    use arrow_array::{Array, BooleanArray, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let name = path.display().to_string();
+    let bad = |message: String| StatsError::Parquet {
+        path: name.clone(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
+    let schema = builder.schema().clone();
+    let id = schema
+        .index_of(id_column)
+        .map_err(|_| StatsError::NoIdColumn {
+            path: name.clone(),
+            column: id_column.into(),
+        })?;
+    let columns: Vec<(usize, String)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            f.name()
+                .strip_prefix(COLUMN_PREFIX)
+                .map(|s| (i, s.to_owned()))
+        })
+        .collect();
+    if columns.is_empty() {
+        return Err(StatsError::NoSegments { path: name });
+    }
+    let names: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
+    let mut out = ScoredFile::default();
+    for n in &names {
+        out.segments.insert(n.clone(), SegmentColumn::default());
+    }
+    let mut ids = HashSet::new();
+    for batch in builder.build().map_err(|e| bad(e.to_string()))? {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let id_values = batch
+            .column(id)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| {
+                bad(format!(
+                    "the id column `{id_column}` is not a string column"
+                ))
+            })?;
+        let cells: Vec<&BooleanArray> = columns
+            .iter()
+            .map(|(i, n)| {
+                batch
+                    .column(*i)
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| bad(format!("column `{COLUMN_PREFIX}{n}` is not boolean")))
+            })
+            .collect::<Result<_, _>>()?;
+        for row in 0..batch.num_rows() {
+            let row_cells = cells
+                .iter()
+                .map(|c| (!c.is_null(row)).then(|| c.value(row)));
+            if !add_row(
+                &mut out,
+                &mut ids,
+                &names,
+                id_values.value(row).to_owned(),
+                row_cells,
+            ) {
+                return Err(StatsError::DuplicateIds { path: name });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the segment columns of a scored file: Parquet (`.parquet`, `.pq`)
+/// or CSV.
 pub fn read(path: &Path, id_column: &str) -> Result<ScoredFile, StatsError> {
+    if matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("parquet" | "pq")
+    ) {
+        return read_parquet(path, id_column);
+    }
     let name = path.display().to_string();
     let csv_err = |source| StatsError::Csv {
         path: name.clone(),

@@ -115,10 +115,12 @@ async fn segments_columns_are_the_same_embedded_and_remote_and_match_score() {
             "{}",
             String::from_utf8_lossy(&status.stderr)
         );
-        std::fs::read_to_string(path).unwrap()
+        // Lossy: the Parquet run's bytes are only checked through `stats`.
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+        (text, String::from_utf8_lossy(&status.stderr).into_owned())
     };
-    let embedded = run(&[], "embedded.csv");
-    let remote = run(
+    let (embedded, summary) = run(&[], "embedded.csv");
+    let (remote, _) = run(
         &["--addr".into(), format!("http://{}", app.addr)],
         "remote.csv",
     );
@@ -163,5 +165,43 @@ async fn segments_columns_are_the_same_embedded_and_remote_and_match_score() {
     // Members in the sample, so the columns are not all false (the
     // churn-risk segment is rare: it may have none in 1,000 rows).
     assert!(members[0] > 0 && members[1] > 0, "{members:?}");
+    // The job's summary counts each segment's members.
+    for (s, name) in segments.split(',').enumerate() {
+        let line = format!("segment {name}: {} members", members[s]);
+        assert!(summary.contains(&line), "{line} not in {summary}");
+    }
+
+    // `segments stats` reads the Parquet form and finds the CSV's members.
+    run(
+        &["--addr".into(), format!("http://{}", app.addr)],
+        "remote.parquet",
+    );
+    let stats = Command::new(env!("CARGO_BIN_EXE_segscore"))
+        .args(["segments", "stats", "--json", "--input"])
+        .arg(out.path().join("remote.parquet"))
+        .arg("--baseline")
+        .arg(out.path().join("embedded.csv"))
+        .output()
+        .unwrap();
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(stats.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (s, name) in segments.split(',').enumerate() {
+        let line = lines
+            .iter()
+            .find(|l| l["segment"] == name)
+            .unwrap_or_else(|| panic!("no stats for {name}: {lines:?}"));
+        assert_eq!(line["members"], members[s]);
+        assert_eq!(line["rows"], rows.len());
+        assert_eq!(line["baseline"]["members"], members[s]);
+        assert_eq!(line["baseline"]["jaccard"], 1.0);
+    }
     app.stop().await.unwrap();
 }
