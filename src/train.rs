@@ -92,6 +92,9 @@ pub enum TrainTask {
     Clustering,
 }
 
+/// The smartcore model file inside a version directory.
+const MODEL_FILE: &str = "model.smartcore.json";
+
 #[derive(serde::Deserialize)]
 struct SchemaFile {
     features: Vec<FeatureSpec>,
@@ -217,8 +220,7 @@ fn train_logistic(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<B
     let metrics = binary_metrics(&p_valid, &y_valid);
 
     let dir = version_dir(args)?;
-    let model_file = "model.smartcore.json";
-    fs::write(dir.join(model_file), &bytes)?;
+    fs::write(dir.join(MODEL_FILE), &bytes)?;
     write_golden(
         &args.valid,
         &schema,
@@ -258,28 +260,15 @@ fn train_logistic(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<B
     m.insert("positive_rate".into(), round(metrics.positive_rate).into());
     card.insert("metrics".into(), m.into());
 
-    let manifest = Manifest {
-        name: args.name.clone(),
-        version: args.version,
-        task: Task::BinaryClassification,
-        format: Format::Smartcore,
-        file: model_file.into(),
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        score: ScoreSpec {
-            output: "probability".into(),
-            column: 0,
-        },
-        features: specs,
-        golden: GoldenSpec {
-            file: "golden.csv".into(),
-            tolerance: 1e-5,
-            latency_budget_ms: None,
-        },
-        breaking_change: false,
+    write_manifest(
+        args,
+        &dir,
+        Task::BinaryClassification,
+        "probability",
+        &bytes,
+        specs,
         card,
-    };
-    // Written last: its presence is what makes the directory a candidate.
-    fs::write(dir.join(MANIFEST_FILE), toml::to_string(&manifest)?)?;
+    )?;
     Ok(metrics)
 }
 
@@ -332,8 +321,7 @@ fn train_kmeans(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<Vec
         / valid_rows;
 
     let dir = version_dir(args)?;
-    let model_file = "model.smartcore.json";
-    fs::write(dir.join(model_file), &bytes)?;
+    fs::write(dir.join(MODEL_FILE), &bytes)?;
     write_golden(
         &args.valid,
         &schema,
@@ -382,15 +370,38 @@ fn train_kmeans(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<Vec
         .collect();
     card.insert("clusters".into(), clusters.into());
 
+    write_manifest(
+        args,
+        &dir,
+        Task::Clustering,
+        "distance",
+        &bytes,
+        specs,
+        card,
+    )?;
+    Ok(valid_shares)
+}
+
+/// Writes the version's manifest for the smartcore model file `bytes`:
+/// last, because its presence is what makes the directory a candidate.
+fn write_manifest(
+    args: &TrainArgs,
+    dir: &Path,
+    task: Task,
+    output: &str,
+    bytes: &[u8],
+    specs: Vec<FeatureSpec>,
+    card: toml::Table,
+) -> anyhow::Result<()> {
     let manifest = Manifest {
         name: args.name.clone(),
         version: args.version,
-        task: Task::Clustering,
+        task,
         format: Format::Smartcore,
-        file: model_file.into(),
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        file: MODEL_FILE.into(),
+        sha256: hex::encode(Sha256::digest(bytes)),
         score: ScoreSpec {
-            output: "distance".into(),
+            output: output.into(),
             column: 0,
         },
         features: specs,
@@ -403,7 +414,7 @@ fn train_kmeans(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<Vec
         card,
     };
     fs::write(dir.join(MANIFEST_FILE), toml::to_string(&manifest)?)?;
-    Ok(valid_shares)
+    Ok(())
 }
 
 /// A short name for a cluster from its most distinctive features: the two
