@@ -14,7 +14,7 @@ BIN := target/release/segscore
 SEED ?= 20261123
 CUSTOMERS ?= 50000
 
-.PHONY: run test build venv lint models validate bench bench-bulk bulk-data clean deploy-check
+.PHONY: run test test-stress build venv lint models validate bench bench-bulk bulk-data clean deploy-check
 
 # The venv carries the pinned onnxruntime wheel, whose libonnxruntime.so the
 # server loads (ort load-dynamic), plus the training pipeline's dependencies.
@@ -46,6 +46,21 @@ test: venv lint
 	# Last, so the flags in the deployment files are checked against the
 	# binary just built.
 	$(MAKE) --no-print-directory deploy-check
+
+# The Rust suites while a CPU hog keeps every core busy: no test may depend
+# on how fast this machine is. Not part of `make test`. stress-ng comes from
+# Debian; it is stopped when the tests end, whatever their outcome.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STRESS_NG := /usr/bin/stress-ng
+$(STRESS_NG):
+	$(SUDO) apt-get install -y --no-install-recommends stress-ng \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends stress-ng; }
+
+test-stress: venv $(STRESS_NG)
+	$(CARGO) test --release --locked --no-run
+	$(STRESS_NG) --cpu $$(nproc) --cpu-method matrixprod --quiet & hog=$$!; \
+		trap 'kill $$hog; wait $$hog 2>/dev/null' EXIT; \
+		$(CARGO) test --release --locked
 
 lint:
 	$(CARGO) fmt --check

@@ -149,7 +149,7 @@ impl Application {
         // grpc.health.v1: one entry per model name plus "" for the server;
         // NOT_SERVING for a model until one of its versions passed validation.
         let (health, health_service) = tonic_health::server::health_reporter();
-        let lifecycle = Lifecycle::new(self.repository.clone(), registry);
+        let lifecycle = Lifecycle::new(self.repository.clone(), registry.clone());
         // Background tasks stop with the server (aborted below), so a stopped
         // server frees its models and worker threads.
         let mut background = vec![tokio::spawn(health_task(lifecycle.clone(), health.clone()))];
@@ -179,6 +179,7 @@ impl Application {
                 self.config
                     .watch_interval()
                     .unwrap_or(std::time::Duration::from_secs(3600)),
+                registry.clone(),
             )));
         }
         let admin = ModelAdminServer::new(AdminService::new(lifecycle.clone()));

@@ -140,6 +140,10 @@ pub struct EngineArgs {
     /// and versions newer than the default always stay loaded.
     #[arg(long, env = "SEGSCORE_KEEP_VERSIONS", default_value_t = 2)]
     pub keep_versions: usize,
+    /// Library-only: wraps each serving backend (tests use it to control a
+    /// model's latency); never set from the command line.
+    #[arg(skip)]
+    pub backend_wrapper: Option<crate::engine::BackendWrapper>,
 }
 
 impl EngineArgs {
@@ -158,6 +162,7 @@ impl EngineArgs {
             latency_budget: Duration::from_secs_f64(self.latency_budget_ms.max(0.0) / 1000.0),
             keep_versions: self.keep_versions,
             metrics: None,
+            backend_wrapper: self.backend_wrapper.clone(),
         }
     }
 }

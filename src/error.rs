@@ -79,9 +79,9 @@ impl From<ApiError> for Status {
             ApiError::Internal(_) => Code::Internal,
             ApiError::Lifecycle(e) => match e {
                 LifecycleCommandError::Resolve(_)
-                | LifecycleCommandError::Lifecycle(LifecycleError::UnknownModel(_)) => {
-                    Code::NotFound
-                }
+                | LifecycleCommandError::Lifecycle(
+                    LifecycleError::UnknownModel(_) | LifecycleError::UnknownVersion { .. },
+                ) => Code::NotFound,
                 LifecycleCommandError::Lifecycle(LifecycleError::BadLabel(_)) => {
                     Code::InvalidArgument
                 }

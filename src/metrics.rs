@@ -51,6 +51,7 @@ pub struct Metrics {
     model_loads: IntCounterVec,
     segment_rows: IntCounterVec,
     segment_errors: IntCounterVec,
+    segment_reloads: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,6 +165,13 @@ impl Metrics {
                 "Rows a segment's rule could not be evaluated on (missing rejected feature, rule error)",
                 &["segment"],
             ),
+            segment_reloads: counter(
+                "segscore_segment_reloads_total",
+                "Changed segments files (or model sets) the reload task acted on, by outcome: \
+                 applied, invalid (does not parse; the previous segments keep serving) or \
+                 unreadable",
+                &["result"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -181,6 +189,7 @@ impl Metrics {
             Box::new(m.model_loads.clone()),
             Box::new(m.segment_rows.clone()),
             Box::new(m.segment_errors.clone()),
+            Box::new(m.segment_reloads.clone()),
         ];
         for c in collectors {
             m.registry
@@ -188,6 +197,12 @@ impl Metrics {
                 .expect("each metric is registered once; this is a bug");
         }
         Arc::new(m)
+    }
+
+    /// One attempt of the segments reload task: `applied`, `invalid` or
+    /// `unreadable`.
+    pub fn segment_reload(&self, result: &str) {
+        self.segment_reloads.with_label_values(&[result]).inc();
     }
 
     /// Handles for one model version, resolved once at load.

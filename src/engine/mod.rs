@@ -10,6 +10,8 @@ pub mod onnx;
 pub mod smartcore;
 mod worker;
 
+use std::sync::Arc;
+
 use ndarray::ArrayView2;
 
 pub use batcher::{Batcher, BatcherConfig};
@@ -39,6 +41,36 @@ pub trait Backend: Send {
     /// so one generic queue serves every task.
     fn outputs_per_row(&self) -> usize {
         1
+    }
+}
+
+/// Wraps every serving backend of a version once it has passed validation
+/// (golden set, warm-up), before its workers start.
+///
+/// This is how tests get a model whose latency they control: a wrapper that
+/// holds each batch until the test lets it go makes "the worker is busy" an
+/// event the test causes, instead of a guess about how long real work takes
+/// on this CPU. It is set only through the library API (`EngineArgs` skips
+/// it on the command line), so no flag, env var or file reaches it.
+#[derive(Clone)]
+pub struct BackendWrapper(pub Arc<dyn Fn(&str, Box<dyn Backend>) -> Box<dyn Backend> + Send + Sync>);
+
+impl BackendWrapper {
+    /// `wrap(model_name, backend)` returns the backend the workers will own.
+    pub fn new(
+        wrap: impl Fn(&str, Box<dyn Backend>) -> Box<dyn Backend> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(wrap))
+    }
+
+    pub fn wrap(&self, model: &str, backend: Box<dyn Backend>) -> Box<dyn Backend> {
+        (self.0)(model, backend)
+    }
+}
+
+impl std::fmt::Debug for BackendWrapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendWrapper")
     }
 }
 

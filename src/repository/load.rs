@@ -16,7 +16,7 @@ use crate::{
     engine::{
         onnx::{self, OnnxBackend, OnnxSignature},
         smartcore::SmartcoreBackend,
-        Backend, BackendError, Batcher, BatcherConfig, ScoreError,
+        Backend, BackendError, BackendWrapper, Batcher, BatcherConfig, ScoreError,
     },
     features::{ColumnBuilder, FeatureBatch, FeatureError, FeatureSchema, SchemaError},
 };
@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub keep_versions: usize,
     /// Where versions publish their metrics (`serve --metrics-addr`).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Wraps each validated backend before its worker starts (tests only;
+    /// see [`BackendWrapper`]).
+    pub backend_wrapper: Option<BackendWrapper>,
 }
 
 /// Rows in the warm-up batch timed against the latency budget: the size of
@@ -327,8 +330,16 @@ pub fn load(
     let v = validate(dir, config, &options)?;
     let label = format!("{}-v{}", v.manifest.name, v.manifest.version);
     let metrics = config.metrics.as_ref().map(|m| m.version(&v.manifest));
+    let backends = match &config.backend_wrapper {
+        Some(wrapper) => v
+            .backends
+            .into_iter()
+            .map(|b| wrapper.wrap(&v.manifest.name, b))
+            .collect(),
+        None => v.backends,
+    };
     let batcher =
-        Batcher::spawn(&label, v.backends, config.batcher, metrics).map_err(LoadError::Spawn)?;
+        Batcher::spawn(&label, backends, config.batcher, metrics).map_err(LoadError::Spawn)?;
     Ok(Arc::new(LoadedModel {
         manifest: v.manifest,
         schema: v.schema,

@@ -99,6 +99,8 @@ impl ModelEntry {
 pub enum LifecycleError {
     #[error("model `{0}` not found")]
     UnknownModel(String),
+    #[error("model `{name}` has no version {version}")]
+    UnknownVersion { name: String, version: u64 },
     #[error("model `{name}` version {version} is not serving, so no label can point at it")]
     NotServing { name: String, version: u64 },
     #[error("model `{name}` version {version} could not be loaded again: {reason}")]
@@ -312,7 +314,15 @@ impl Repository {
                     });
                 }
             }
-            _ => {
+            // A version that does not exist is unknown (NOT_FOUND); one that
+            // exists but failed or is loading is not servable yet.
+            None => {
+                return Err(LifecycleError::UnknownVersion {
+                    name: name.into(),
+                    version,
+                })
+            }
+            Some(_) => {
                 return Err(LifecycleError::NotServing {
                     name: name.into(),
                     version,

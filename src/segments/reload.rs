@@ -15,7 +15,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Catalog, FileError, RulesFile, Segments, SharedSegments};
-use crate::repository::{Repository, SharedRepository};
+use crate::{
+    metrics::Metrics,
+    repository::{Repository, SharedRepository},
+};
 
 /// Reads and compiles `path` against what `repository` serves.
 pub fn load(path: &Path, repository: &Repository) -> Result<Segments, FileError> {
@@ -58,14 +61,21 @@ fn report(segments: &Segments) {
 }
 
 /// Watches `path` and the repository; swaps recompiled segments into
-/// `shared`. Runs until aborted.
+/// `shared`. Runs until aborted. Each outcome is counted in `metrics`, so an
+/// operator (and a test) can see that a bad file was read and refused.
 pub async fn watch_task(
     shared: SharedSegments,
     path: PathBuf,
     repository: SharedRepository,
     mut generation: watch::Receiver<u64>,
     interval: Duration,
+    metrics: Option<Arc<Metrics>>,
 ) {
+    let count = |result: &str| {
+        if let Some(m) = &metrics {
+            m.segment_reload(result);
+        }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     // The directory, not the file: editors and deploys replace the file by
     // renaming a new one over it, which ends a watch on the old inode.
@@ -110,6 +120,7 @@ pub async fn watch_task(
                 if failed_text.as_deref() != Some("") {
                     warn!(path = %path.display(), error = %e, "segments file unreadable; keeping the previous segments");
                     failed_text = Some(String::new());
+                    count("unreadable");
                 }
                 continue;
             }
@@ -123,6 +134,7 @@ pub async fn watch_task(
                 if failed_text.as_deref() != Some(text.as_str()) {
                     warn!(path = %path.display(), error = %message, "segments file does not parse; keeping the previous segments");
                     failed_text = Some(text);
+                    count("invalid");
                 }
                 continue;
             }
@@ -133,6 +145,7 @@ pub async fn watch_task(
         segments.source_text = Some(text.clone());
         report(&segments);
         shared.store(Arc::new(segments));
+        count("applied");
         last_text = Some(text);
     }
 }

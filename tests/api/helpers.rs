@@ -10,6 +10,7 @@ use segscore::{
     api::pb::{self, scoring_client::ScoringClient},
     app::Application,
     config::ServeArgs,
+    engine::{Backend, BackendError, BackendWrapper},
     features::FeatureBatch,
     repository::{load::read_csv_batch, Manifest},
 };
@@ -291,4 +292,102 @@ pub fn matrix(columns: Vec<pb::FeatureColumn>) -> pb::FeatureMatrix {
 /// |a - b| <= tol * max(1, |b|), the manifest's golden tolerance rule.
 pub fn close(a: f32, b: f64, tol: f64) -> bool {
     (f64::from(a) - b).abs() <= tol * b.abs().max(1.0)
+}
+
+/// A model whose latency the test controls: every batch a wrapped backend is
+/// given waits at the gate until the test opens it. "The worker is busy" is
+/// then something the test causes and observes ([`Gate::wait_entered`]), the
+/// same on a fast idle CPU and a slow loaded one.
+#[derive(Clone, Default)]
+pub struct Gate {
+    state: std::sync::Arc<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Batches that reached a gated backend (waiting or through).
+    entered: std::sync::atomic::AtomicUsize,
+    entered_changed: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// A closed gate: batches wait until [`open`](Self::open).
+    pub fn closed() -> Self {
+        Self::default()
+    }
+
+    /// Lets every waiting and future batch through.
+    pub fn open(&self) {
+        *self.state.open.lock().unwrap() = true;
+        self.state.opened.notify_all();
+    }
+
+    /// Batches that have reached a gated backend so far.
+    pub fn entered(&self) -> usize {
+        self.state.entered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` batches have reached a gated backend (bounded, so a
+    /// request that never reaches a worker fails the test, not hangs it).
+    pub async fn wait_entered(&self, n: usize) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                let changed = self.state.entered_changed.notified();
+                if self.entered() >= n {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "only {} of {n} batches reached the model",
+            self.entered()
+        );
+    }
+
+    /// A wrapper that gates the backends of `model` only.
+    pub fn wrapper(&self, model: &'static str) -> BackendWrapper {
+        let gate = self.clone();
+        BackendWrapper::new(move |name, inner| {
+            if name == model {
+                Box::new(GatedBackend {
+                    inner,
+                    gate: gate.clone(),
+                })
+            } else {
+                inner
+            }
+        })
+    }
+
+    fn pass(&self) {
+        self.state
+            .entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.state.entered_changed.notify_waiters();
+        let mut open = self.state.open.lock().unwrap();
+        while !*open {
+            open = self.state.opened.wait(open).unwrap();
+        }
+    }
+}
+
+struct GatedBackend {
+    inner: Box<dyn Backend>,
+    gate: Gate,
+}
+
+impl Backend for GatedBackend {
+    fn score(&mut self, input: ndarray::ArrayView2<'_, f32>) -> Result<Vec<f32>, BackendError> {
+        self.gate.pass();
+        self.inner.score(input)
+    }
+
+    fn outputs_per_row(&self) -> usize {
+        self.inner.outputs_per_row()
+    }
 }

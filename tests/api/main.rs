@@ -11,6 +11,7 @@ mod clustering;
 mod inference;
 mod lifecycle;
 mod metrics;
+mod readme;
 mod repository;
 mod scoring;
 mod security;

@@ -412,6 +412,7 @@ async fn rules_reload_with_their_file_and_with_the_models() {
     let app = spawn_app_with(models.path(), |a| {
         a.segments = Some(rules.clone());
         a.watch_interval_ms = 200;
+        a.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     eventually(&app, "initial", |s| {
@@ -433,7 +434,20 @@ async fn rules_reload_with_their_file_and_with_the_models() {
 
     // A file that does not parse keeps the previous segments serving.
     std::fs::write(&rules, "[[segments]\nname = ").unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Wait until the reload task has read the bad file and refused it (it
+    // counts that), then check nothing changed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
+        if text.contains("segscore_segment_reloads_total{result=\"invalid\"} 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bad segments file was never read: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(list(&app).await.len(), 2);
     let resp = app
         .score(pb::ScoreRequest {
