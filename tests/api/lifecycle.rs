@@ -198,7 +198,7 @@ async fn drop_ins_swaps_and_rollback_under_load_fail_no_request() {
     for c in callers {
         c.await.unwrap();
     }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let failed = failed.load(Ordering::Relaxed);
     assert_eq!(
         failed,
         0,

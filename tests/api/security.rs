@@ -227,13 +227,6 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
         })
     };
     gate.wait_entered(1).await;
-    // Bounds each probe so a server that ignored deadlines fails the test
-    // instead of waiting on the closed gate forever.
-    let bounded = |call| async move {
-        tokio::time::timeout(Duration::from_secs(60), call)
-            .await
-            .expect("the deadline was not enforced: the call waited for the busy worker")
-    };
     // A caller's own short deadline. The tonic client runs its own timer on
     // `grpc-timeout` and reports CANCELLED when it fires, whatever the
     // server answers, so the server's answer is read from its metrics below.
@@ -278,6 +271,14 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     app.score(ltv_row()).await.unwrap();
     assert_eq!(gate.entered(), 2, "expired work was scored anyway");
     app.stop().await.unwrap();
+}
+
+/// Bounds a probe so a server that ignored deadlines fails the test instead
+/// of waiting on the closed gate forever.
+async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the deadline was not enforced: the call waited for the busy worker")
 }
 
 /// One row for the model the deadline test keeps busy.
