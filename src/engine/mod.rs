@@ -53,7 +53,9 @@ pub trait Backend: Send {
 /// on this CPU. It is set only through the library API (`EngineArgs` skips
 /// it on the command line), so no flag, env var or file reaches it.
 #[derive(Clone)]
-pub struct BackendWrapper(pub Arc<dyn Fn(&str, Box<dyn Backend>) -> Box<dyn Backend> + Send + Sync>);
+pub struct BackendWrapper(
+    pub Arc<dyn Fn(&str, Box<dyn Backend>) -> Box<dyn Backend> + Send + Sync>,
+);
 
 impl BackendWrapper {
     /// `wrap(model_name, backend)` returns the backend the workers will own.

@@ -127,11 +127,10 @@ async fn the_readme_examples_run_and_print_what_the_readme_shows() {
                 example.line
             ),
         };
-        let out = tokio::task::spawn_blocking(move || {
-            command.current_dir(dir.path()).output().unwrap()
-        })
-        .await
-        .unwrap();
+        let out =
+            tokio::task::spawn_blocking(move || command.current_dir(dir.path()).output().unwrap())
+                .await
+                .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

@@ -265,7 +265,9 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     // the stream before the server even dispatched it.
     assert!(exceeded >= 1.0, "{text}");
     gate.open();
-    busy.await.unwrap().expect("the long-deadline request scores");
+    busy.await
+        .unwrap()
+        .expect("the long-deadline request scores");
     // Once idle, a request within its deadline scores; the abandoned probes
     // never reached the model (only the busy batch and this one did).
     app.score(ltv_row()).await.unwrap();
@@ -317,7 +319,10 @@ async fn the_default_deadline_bounds_each_stream_chunk_not_the_stream() {
     tx.unbounded_send(chunk(1)).unwrap();
     let queued_by = std::time::Instant::now() + Duration::from_secs(60);
     while ltv.queued() == 0 {
-        assert!(std::time::Instant::now() < queued_by, "chunk 1 never queued");
+        assert!(
+            std::time::Instant::now() < queued_by,
+            "chunk 1 never queued"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(DEADLINE + Duration::from_millis(100)).await;

@@ -28,7 +28,10 @@ async fn shutdown_completes_in_flight_requests() {
     // Draining has begun once the listener is closed: new connections fail.
     let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(app.addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the server never stopped listening");
+        assert!(
+            Instant::now() < deadline,
+            "the server never stopped listening"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!in_flight.is_finished());
