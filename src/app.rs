@@ -137,13 +137,18 @@ impl Application {
             registry.clone(),
             self.config.default_deadline(),
         );
-        let scoring = ScoringServer::new(ScoringService::new(
-            self.repository.clone(),
-            self.segments.clone(),
-            limits,
-            gate.clone(),
-            registry.clone(),
-        ))
+        // Told when draining starts (below), so open streams end promptly.
+        let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+        let scoring = ScoringServer::new(
+            ScoringService::new(
+                self.repository.clone(),
+                self.segments.clone(),
+                limits,
+                gate.clone(),
+                registry.clone(),
+            )
+            .with_shutdown(draining_rx),
+        )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
         // grpc.health.v1: one entry per model name plus "" for the server;
@@ -218,6 +223,7 @@ impl Application {
             draining
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+            let _ = draining_tx.send(true);
             let _ = stopping_tx.send(());
         };
         let mut builder = tonic::transport::Server::builder()

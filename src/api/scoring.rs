@@ -47,7 +47,16 @@ pub struct ScoringService {
     gate: Arc<RequestGate>,
     /// Segment membership counters (None without --metrics-addr).
     metrics: Option<Arc<Metrics>>,
+    /// Turns true when the server starts draining: open ScoreStreams stop
+    /// taking chunks, finish the ones in flight and end with UNAVAILABLE, so
+    /// graceful shutdown does not wait on a client that never hangs up.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// What a ScoreStream cut short by shutdown ends with: UNAVAILABLE, the code
+/// gRPC clients retry on, and where to pick up.
+const STREAM_DRAINED: &str = "the server is shutting down: every chunk sent before this was \
+                              answered; resume from the next sequence number on another replica";
 
 /// The (model, version) pairs that scored a response, for metrics.
 fn scored_by(resp: &pb::ScoreResponse) -> impl Iterator<Item = (&str, u64)> {
@@ -71,7 +80,14 @@ impl ScoringService {
             limits,
             gate,
             metrics,
+            stopping: None,
         }
+    }
+
+    /// Ends open ScoreStreams when `stopping` turns true (see the field).
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// Scores one request end to end; chunks still queued at `deadline` are
@@ -483,8 +499,30 @@ impl pb::scoring_server::Scoring for ScoringService {
         // `buffered` keeps at most `in_flight` chunks being scored and yields
         // answers in request order; HTTP/2 flow control stops the client when the
         // responses are not read, so memory stays bounded whatever the input size.
+        // Set only when shutdown cut the input short (not when the client
+        // ended it): then, and only then, the stream ends with UNAVAILABLE.
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let until_stopping = {
+            let (stopping, cut) = (self.stopping.clone(), cut.clone());
+            async move {
+                match stopping {
+                    // A dropped sender means the server is gone: stop too.
+                    Some(mut stopping) => {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    }
+                    None => std::future::pending().await,
+                }
+                cut.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        let drained = futures::stream::once(async move {
+            cut.load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| Err(Status::unavailable(STREAM_DRAINED)))
+        })
+        .filter_map(std::future::ready);
         let out = request
             .into_inner()
+            .take_until(until_stopping)
             .map(move |chunk| {
                 let service = service.clone();
                 let admitted = admitted.clone();
@@ -513,7 +551,8 @@ impl pb::scoring_server::Scoring for ScoringService {
                     })
                 }
             })
-            .buffered(in_flight);
+            .buffered(in_flight)
+            .chain(drained);
         Ok(Response::new(Box::pin(out)))
     }
 

@@ -324,6 +324,11 @@ impl Gate {
         self.state.opened.notify_all();
     }
 
+    /// Makes batches that arrive from now on wait again.
+    pub fn close(&self) {
+        *self.state.open.lock().unwrap() = false;
+    }
+
     /// Batches that have reached a gated backend so far.
     pub fn entered(&self) -> usize {
         self.state.entered.load(std::sync::atomic::Ordering::SeqCst)

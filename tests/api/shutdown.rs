@@ -89,3 +89,63 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
         "{status:?}; log after serving: {rest:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_finishes_its_chunk_and_ends_unavailable_at_shutdown() {
+    // A drain timeout far longer than the test's own bound: the server must
+    // end the stream itself, not wait the timeout out.
+    let gate = Gate::closed();
+    let mut app = spawn_app_with(&shipped_models(), |a| {
+        a.engine.workers = Some(1);
+        a.engine.backend_wrapper = Some(gate.wrapper("ltv"));
+        a.shutdown_timeout_secs = 3600;
+    })
+    .await;
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let mut responses = app
+        .client
+        .clone()
+        .score_stream(rx)
+        .await
+        .unwrap()
+        .into_inner();
+    let chunk = |sequence| {
+        let mut chunk = request(matrix(full_rows(3)), vec![model("ltv", 0)]);
+        chunk.sequence = sequence;
+        chunk
+    };
+    // Chunk 0 is answered; chunk 1 is inside the model when shutdown starts.
+    gate.open();
+    tx.unbounded_send(chunk(0)).unwrap();
+    assert_eq!(responses.message().await.unwrap().unwrap().sequence, 0);
+    gate.close();
+    tx.unbounded_send(chunk(1)).unwrap();
+    gate.wait_entered(2).await;
+    app.trigger_shutdown();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(app.addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the server never stopped listening"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.open();
+    let second = responses.message().await.unwrap().unwrap();
+    assert_eq!(second.sequence, 1);
+    assert!(second.error.is_none(), "{:?}", second.error);
+    assert_eq!(second.models[0].scores.len(), 3);
+    let bound = Duration::from_secs(120);
+    let end = tokio::time::timeout(bound, responses.message())
+        .await
+        .expect("the stream stayed open through shutdown")
+        .expect_err("the stream ends with a status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("resume"), "{}", end.message());
+    tokio::time::timeout(bound, app.handle.take().unwrap())
+        .await
+        .expect("the server waited for the open stream")
+        .unwrap()
+        .unwrap();
+    drop(tx);
+}
