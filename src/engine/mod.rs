@@ -53,9 +53,10 @@ pub trait Backend: Send {
 /// on this CPU. It is set only through the library API (`EngineArgs` skips
 /// it on the command line), so no flag, env var or file reaches it.
 #[derive(Clone)]
-pub struct BackendWrapper(
-    pub Arc<dyn Fn(&str, Box<dyn Backend>) -> Box<dyn Backend> + Send + Sync>,
-);
+pub struct BackendWrapper(pub Arc<WrapFn>);
+
+/// `wrap(model_name, backend)`: the backend a version's worker will own.
+pub type WrapFn = dyn Fn(&str, Box<dyn Backend>) -> Box<dyn Backend> + Send + Sync;
 
 impl BackendWrapper {
     /// `wrap(model_name, backend)` returns the backend the workers will own.
