@@ -140,6 +140,11 @@ pub struct EngineArgs {
     /// and versions newer than the default always stay loaded.
     #[arg(long, env = "SEGSCORE_KEEP_VERSIONS", default_value_t = 2)]
     pub keep_versions: usize,
+    /// Largest model file a version may have, in bytes; a bigger one (or
+    /// one that grows past it while being read) refuses the version. The
+    /// default is the largest shipped model ×100, rounded up (16 MiB).
+    #[arg(long, env = "SEGSCORE_MAX_MODEL_BYTES", default_value_t = crate::repository::files::DEFAULT_MAX_MODEL_BYTES)]
+    pub max_model_bytes: u64,
     /// Library-only: wraps each serving backend (tests use it to control a
     /// model's latency); never set from the command line.
     #[arg(skip)]
@@ -161,6 +166,7 @@ impl EngineArgs {
             ort_dylib_path: self.ort_dylib_path.clone(),
             latency_budget: Duration::from_secs_f64(self.latency_budget_ms.max(0.0) / 1000.0),
             keep_versions: self.keep_versions,
+            max_model_bytes: self.max_model_bytes,
             metrics: None,
             backend_wrapper: self.backend_wrapper.clone(),
         }

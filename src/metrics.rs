@@ -168,8 +168,10 @@ impl Metrics {
             segment_reloads: counter(
                 "segscore_segment_reloads_total",
                 "Changed segments files (or model sets) the reload task acted on, by outcome: \
-                 applied, invalid (does not parse; the previous segments keep serving) or \
-                 unreadable",
+                 applied (refused rules included), invalid (does not parse, or unusable \
+                 constants; the previous segments keep serving), unreadable (missing, not a \
+                 regular file, over the size cap) or panicked (a bug: logged, the previous \
+                 segments keep serving and the task keeps watching)",
                 &["result"],
             ),
         };
@@ -199,8 +201,8 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// One attempt of the segments reload task: `applied`, `invalid` or
-    /// `unreadable`.
+    /// One attempt of the segments reload task: `applied`, `invalid`,
+    /// `unreadable` or `panicked`.
     pub fn segment_reload(&self, result: &str) {
         self.segment_reloads.with_label_values(&[result]).inc();
     }

@@ -582,7 +582,7 @@ impl pb::scoring_server::Scoring for ScoringService {
                     Err(_) => pb::SegmentState::Failed,
                 }
                 .into(),
-                reason: s.state.as_ref().err().cloned().unwrap_or_default(),
+                reason: s.reason(),
             })
             .collect();
         Ok(Response::new(pb::ListSegmentsResponse {

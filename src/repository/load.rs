@@ -9,9 +9,11 @@ use std::{
 };
 
 use ndarray::Array2;
-use sha2::{Digest, Sha256};
 
-use super::manifest::{Format, Manifest, Task, MANIFEST_FILE};
+use super::{
+    files::{self, Cap, ReadError},
+    manifest::{Format, Manifest, Task, MANIFEST_FILE},
+};
 use crate::{
     engine::{
         onnx::{self, OnnxBackend, OnnxSignature},
@@ -37,6 +39,10 @@ pub struct EngineConfig {
     pub latency_budget: Duration,
     /// Serving versions older than the default kept loaded per model.
     pub keep_versions: usize,
+    /// Largest model file read (`--max-model-bytes`): a version directory is
+    /// untrusted input, and a model file pointing at `/dev/zero` must not
+    /// exhaust memory.
+    pub max_model_bytes: u64,
     /// Where versions publish their metrics (`serve --metrics-addr`).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Wraps each validated backend before its worker starts (tests only;
@@ -61,11 +67,10 @@ pub enum LoadError {
     },
     #[error("feature schema: {0}")]
     Schema(#[from] SchemaError),
-    #[error("reading model file {path}: {source}")]
-    ModelFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The model file was refused before its bytes were used: outside the
+    /// version directory, not a regular file, over the cap, unreadable.
+    #[error("model file `{file}` {source}")]
+    ModelFile { file: String, source: ReadError },
     #[error("sha256 mismatch for {file}: manifest {expected}, file {actual}")]
     Sha256 {
         file: String,
@@ -284,12 +289,12 @@ pub fn validate(
         }
     }
     let schema = FeatureSchema::new(manifest.features.clone())?;
-    let model_path = dir.join(&manifest.file);
-    let bytes = std::fs::read(&model_path).map_err(|source| LoadError::ModelFile {
-        path: model_path.clone(),
-        source,
-    })?;
-    let actual = hex::encode(Sha256::digest(&bytes));
+    let cap = Cap::new(config.max_model_bytes, "--max-model-bytes");
+    let (bytes, actual) =
+        files::read_in_hashed(dir, &manifest.file, cap).map_err(|source| LoadError::ModelFile {
+            file: manifest.file.clone(),
+            source,
+        })?;
     if !actual.eq_ignore_ascii_case(manifest.sha256.trim()) {
         return Err(LoadError::Sha256 {
             file: manifest.file.clone(),
@@ -443,8 +448,16 @@ pub fn read_csv_batch(
     schema: &FeatureSchema,
     extra: &str,
 ) -> Result<(FeatureBatch, Vec<String>), String> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reader = csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    csv_batch(reader, schema, extra)
+}
+
+/// [`read_csv_batch`] over any CSV reader (a golden set already read).
+fn csv_batch<R: std::io::Read>(
+    mut reader: csv::Reader<R>,
+    schema: &FeatureSchema,
+    extra: &str,
+) -> Result<(FeatureBatch, Vec<String>), String> {
     let headers = reader.headers().map_err(|e| e.to_string())?.clone();
     let mut builders: Vec<(usize, String, ColumnBuilder)> = schema
         .specs()
@@ -480,9 +493,8 @@ pub fn read_csv_batch(
 }
 
 /// One column of a CSV as text (the golden set's second expected column).
-fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_column(csv_text: &[u8], name: &str) -> Result<Vec<String>, String> {
+    let mut reader = csv::Reader::from_reader(csv_text);
     let idx = reader
         .headers()
         .map_err(|e| e.to_string())?
@@ -505,8 +517,13 @@ fn check_golden(
     backend: &mut dyn Backend,
 ) -> Result<(GoldenReport, Array2<f32>), LoadError> {
     let golden = |m: String| LoadError::Golden(m);
-    let path = dir.join(&manifest.golden.file);
-    let (batch, expected) = read_csv_batch(&path, schema, "expected").map_err(golden)?;
+    // Read once, under the same rules as the model file; both CSV passes
+    // below parse these bytes.
+    let cap = Cap::new(files::MAX_GOLDEN_BYTES, "the golden-set limit");
+    let file = &manifest.golden.file;
+    let text = files::read_in(dir, file, cap).map_err(|e| golden(format!("`{file}` {e}")))?;
+    let (batch, expected) =
+        csv_batch(csv::Reader::from_reader(&text[..]), schema, "expected").map_err(golden)?;
     let expected: Vec<f64> = expected
         .iter()
         .enumerate()
@@ -534,7 +551,7 @@ fn check_golden(
     // Clustering rows are `[cluster id, distance]`; the score is the distance.
     let got: Vec<f32> = raw.chunks_exact(width).map(|r| r[width - 1]).collect();
     if clustering {
-        let clusters = read_column(&path, "expected_cluster").map_err(golden)?;
+        let clusters = read_column(&text, "expected_cluster").map_err(golden)?;
         for (row, (pair, want)) in raw.chunks_exact(2).zip(&clusters).enumerate() {
             if want.trim().parse::<u32>().ok() != Some(pair[0] as u32) {
                 return Err(golden(format!(

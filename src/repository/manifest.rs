@@ -116,8 +116,13 @@ impl Manifest {
         None
     }
 
+    /// Reads a manifest as untrusted input: a regular file inside its own
+    /// version directory, within [`MAX_MANIFEST_BYTES`](super::files::MAX_MANIFEST_BYTES)
+    /// (the card is part of it).
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
+        use super::files::{read_text_in_parent, Cap, MAX_MANIFEST_BYTES};
+        let cap = Cap::new(MAX_MANIFEST_BYTES, "the manifest limit");
+        let text = read_text_in_parent(path, cap)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
     }

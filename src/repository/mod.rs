@@ -2,6 +2,7 @@
 //! version validated (see [`load`]) and either serving or failed with a reason
 //! that ListModels shows. A failed version never takes down its neighbours.
 
+pub mod files;
 pub mod lifecycle;
 pub mod load;
 pub mod manifest;

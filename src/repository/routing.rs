@@ -100,13 +100,20 @@ impl Routing {
     }
 }
 
-/// Reads labels.toml. None when the file is unreadable or malformed: the
-/// caller keeps the routing it had, so a half-edited file never changes it.
+/// Reads labels.toml (a regular file inside the model's directory, within
+/// [`MAX_LABELS_BYTES`](super::files::MAX_LABELS_BYTES)). None when the file
+/// is refused, unreadable or malformed: the caller keeps the routing it had,
+/// so a half-edited file never changes it.
 pub fn read(path: &Path, name: &str) -> Option<Routing> {
-    let text = match std::fs::read_to_string(path) {
+    use super::files::{read_text_in_parent, Cap, MAX_LABELS_BYTES};
+    let cap = Cap::new(MAX_LABELS_BYTES, "the labels.toml limit");
+    let text = match read_text_in_parent(path, cap) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Routing::default()),
-        Err(_) => return None,
+        Err(e) if e.is_not_found() => return Some(Routing::default()),
+        Err(error) => {
+            warn!(model = %name, %error, "ignoring labels.toml");
+            return None;
+        }
     };
     match Routing::parse(&text) {
         Ok(routing) => Some(routing),
@@ -118,14 +125,26 @@ pub fn read(path: &Path, name: &str) -> Option<Routing> {
 }
 
 /// Writes labels.toml through a temp file and a rename, so the watcher never
-/// reads half a file.
+/// reads half a file. The temp file is created afresh (`create_new`), so a
+/// symlink planted under its name is replaced, never written through.
 pub fn write(path: &Path, routing: &Routing) -> Result<(), LifecycleError> {
+    use std::io::Write;
     let io = |source| LifecycleError::Io {
         path: path.to_path_buf(),
         source,
     };
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, routing.to_toml()).map_err(io)?;
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io)?;
+    file.write_all(routing.to_toml().as_bytes()).map_err(io)?;
+    drop(file);
     std::fs::rename(&tmp, path).map_err(io)
 }
 

@@ -3,13 +3,17 @@
 //! of what the repository serves, and evaluated per row into membership.
 //!
 //! A segment that fails to parse or check is kept with its reason (requests
-//! naming it get FAILED_PRECONDITION) and never stops the others. Evaluation
+//! naming it get FAILED_PRECONDITION) and never stops the others; on a reload,
+//! a segment whose edited rule is refused keeps serving its previous rule.
+//! A rules file is untrusted input: see [`limits`] for what a rule may be
+//! before the parser sees it. Evaluation
 //! never turns a problem into a silent `false`: a row whose rule cannot be
 //! evaluated (a rejected missing feature, a division by zero) is reported as
 //! an error for that segment, with the reason.
 
 pub mod check;
 pub mod eval;
+pub mod limits;
 pub mod reload;
 pub mod stats;
 
@@ -23,7 +27,10 @@ use serde::Deserialize;
 
 use crate::{
     features::{DType, FeatureBatch, FeatureSpec},
-    repository::{Manifest, Repository, Task},
+    repository::{
+        files::{self, Cap, ReadError},
+        Manifest, Repository, Task,
+    },
 };
 use check::{Checked, Lit, Node, Type};
 use eval::{Binding, EvalError};
@@ -140,21 +147,14 @@ pub struct SegmentDef {
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: ReadError },
     #[error("parsing {path}: {message}")]
     Parse { path: String, message: String },
 }
 
 impl RulesFile {
     pub fn read(path: &Path) -> Result<Self, FileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| FileError::Parse {
+        Self::parse(&read_text(path)?).map_err(|message| FileError::Parse {
             path: path.display().to_string(),
             message,
         })
@@ -163,6 +163,28 @@ impl RulesFile {
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
+
+    /// Why `[constants]` cannot be used, if it cannot (every segment would
+    /// be refused).
+    pub fn constants_error(&self) -> Option<String> {
+        let errors: Vec<String> = self
+            .constants
+            .iter()
+            .filter_map(|(name, value)| constant(name, value).err())
+            .collect();
+        (!errors.is_empty()).then(|| format!("[constants]: {}", errors.join("; ")))
+    }
+}
+
+/// The text of a rules file: a regular file (symlinks followed: the operator
+/// chose the path) within [`files::MAX_RULES_FILE_BYTES`], so a FIFO or a
+/// device put in its place is refused instead of blocking or filling memory.
+pub fn read_text(path: &Path) -> Result<String, FileError> {
+    let cap = Cap::new(files::MAX_RULES_FILE_BYTES, "the rules file limit");
+    files::read_text(path, cap).map_err(|source| FileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// A rule ready to run.
@@ -194,14 +216,33 @@ impl CompiledRule {
 pub struct Segment {
     pub name: String,
     pub description: String,
+    /// The rule that serves (READY) or was refused (FAILED).
     pub rule: String,
     pub state: Result<CompiledRule, String>,
+    /// READY only: the file now holds an edit of this segment's rule that
+    /// was refused, for this reason; `rule` is the previous one, still
+    /// serving. Cleared by the next edit that compiles (a restart, which has
+    /// no previous rule, refuses the segment instead).
+    pub refused_edit: Option<String>,
 }
 
 impl Segment {
     /// Models the rule needs (empty for a refused segment).
     pub fn models(&self) -> &[String] {
         self.state.as_ref().map_or(&[], |r| r.models())
+    }
+
+    /// What ListSegments and `segments check` say about the segment: why it
+    /// was refused, or why the edit of a still-serving rule was; empty when
+    /// all is well.
+    pub fn reason(&self) -> String {
+        match (&self.state, &self.refused_edit) {
+            (Err(reason), _) => reason.clone(),
+            (Ok(_), Some(reason)) => {
+                format!("edit refused, the previous rule keeps serving: {reason}")
+            }
+            (Ok(_), None) => String::new(),
+        }
     }
 }
 
@@ -321,6 +362,20 @@ impl Segments {
     /// refuses every segment that could read it (all of them); a bad rule
     /// refuses only its segment.
     pub fn compile(file: &RulesFile, catalog: &Catalog, source: Option<String>) -> Self {
+        Self::compile_over(file, catalog, source, None)
+    }
+
+    /// Like [`compile`](Self::compile), replacing `previous` (a reload): a
+    /// segment whose rule was edited into one that is refused keeps its
+    /// previous rule when that still compiles against `catalog` (a rule
+    /// refused because its model left is refused either way), with the
+    /// refusal in [`Segment::refused_edit`].
+    pub fn compile_over(
+        file: &RulesFile,
+        catalog: &Catalog,
+        source: Option<String>,
+        previous: Option<&Segments>,
+    ) -> Self {
         let mut constants = BTreeMap::new();
         let mut constant_errors = Vec::new();
         for (name, value) in &file.constants {
@@ -351,12 +406,31 @@ impl Segments {
             } else {
                 compile_rule(&def.rule, catalog, &constants)
             };
-            segments.push(Segment {
+            let kept = match (&state, previous.and_then(|p| p.get(&def.name))) {
+                (Err(reason), Some(before))
+                    if constant_errors.is_empty()
+                        && before.state.is_ok()
+                        && before.rule != def.rule =>
+                {
+                    compile_rule(&before.rule, catalog, &constants)
+                        .ok()
+                        .map(|rule| Segment {
+                            name: def.name.clone(),
+                            description: before.description.clone(),
+                            rule: before.rule.clone(),
+                            state: Ok(rule),
+                            refused_edit: Some(reason.clone()),
+                        })
+                }
+                _ => None,
+            };
+            segments.push(kept.unwrap_or_else(|| Segment {
                 name: def.name.clone(),
                 description: def.description.clone(),
                 rule: def.rule.clone(),
                 state,
-            });
+                refused_edit: None,
+            }));
         }
         let specs = segments
             .iter()
@@ -400,7 +474,18 @@ impl Segments {
     }
 }
 
+/// Parses, checks and compiles one rule: over a [`limits`] limit it is
+/// refused unparsed, and a panic in the parser refuses it too.
 fn compile_rule(
+    rule: &str,
+    catalog: &Catalog,
+    constants: &BTreeMap<String, Constant>,
+) -> Result<CompiledRule, String> {
+    limits::check(rule)?;
+    limits::contain(|| compile_checked(rule, catalog, constants))
+}
+
+fn compile_checked(
     rule: &str,
     catalog: &Catalog,
     constants: &BTreeMap<String, Constant>,

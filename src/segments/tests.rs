@@ -153,6 +153,101 @@ fn bad_constants_and_duplicate_names_are_reported_per_segment() {
         .contains("reserved"));
 }
 
+/// The rules that took cel 0.15's parser down (it panicked formatting a
+/// syntax error past character 65,535).
+fn parser_crashers() -> [String; 2] {
+    [
+        format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000)),
+        format!(
+            "{} &&& )",
+            vec!["features.amount > 1.0"; 3_500].join(" || ")
+        ),
+    ]
+}
+
+#[test]
+fn rules_that_crashed_the_parser_are_refused_unparsed() {
+    for rule in parser_crashers() {
+        let err = compile_one(&rule).err().expect("refused");
+        assert!(err.contains("over the limit of 4096"), "{err}");
+    }
+    let deep = format!("{}features.flag{}", "(".repeat(33), ")".repeat(33));
+    assert!(compile_one(&deep)
+        .err()
+        .unwrap()
+        .contains("more than 32 deep"));
+    let ok = format!("{}features.flag{}", "(".repeat(32), ")".repeat(32));
+    compile_one(&ok).unwrap();
+}
+
+#[test]
+fn a_parser_panic_past_the_limits_refuses_the_rule() {
+    // The net under the limits, on the real panic: the parser as it is,
+    // given what the limits would have stopped.
+    let constants = BTreeMap::new();
+    for rule in parser_crashers() {
+        let err = limits::contain(|| compile_checked(&rule, &catalog(), &constants))
+            .err()
+            .expect("refused");
+        assert!(
+            err.contains("panicked: Formatting argument out of range"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_edit_keeps_the_previous_rule_until_a_good_one() {
+    let file = |rule: &str| {
+        RulesFile::parse(&format!(
+            "[[segments]]\nname = \"s\"\ndescription = \"d\"\nrule = '''{rule}'''\n"
+        ))
+        .unwrap()
+    };
+    let catalog = catalog();
+    let [crasher, _] = parser_crashers();
+    let first = Segments::compile(&file("features.amount > 1.0"), &catalog, None);
+    let second = Segments::compile_over(&file(&crasher), &catalog, None, Some(&first));
+    let s = second.get("s").unwrap();
+    assert!(s.state.is_ok());
+    assert_eq!(s.rule, "features.amount > 1.0");
+    assert!(
+        s.reason()
+            .starts_with("edit refused, the previous rule keeps serving: ")
+            && s.reason().contains("4096"),
+        "{}",
+        s.reason()
+    );
+    // Still the file's text on the next reload: still the previous rule.
+    let third = Segments::compile_over(&file(&crasher), &catalog, None, Some(&second));
+    assert_eq!(third.get("s").unwrap().rule, "features.amount > 1.0");
+    // A good edit replaces it and clears the reason.
+    let fourth =
+        Segments::compile_over(&file("features.amount > 2.0"), &catalog, None, Some(&third));
+    let s = fourth.get("s").unwrap();
+    assert_eq!(
+        (s.rule.as_str(), s.reason()),
+        ("features.amount > 2.0", String::new())
+    );
+    // Without a previous rule (start-up) the edit is simply refused.
+    assert!(Segments::compile(&file(&crasher), &catalog, None)
+        .get("s")
+        .unwrap()
+        .state
+        .is_err());
+
+    // A rule refused because its model left is refused whatever came
+    // before: the previous rule reads the same model.
+    let mut without_ltv = catalog.clone();
+    without_ltv.models.remove("ltv");
+    let with_ltv = Segments::compile(&file("scores.ltv > 1.0"), &catalog, None);
+    for rule in ["scores.ltv > 1.0", "scores.ltv >"] {
+        let after = Segments::compile_over(&file(rule), &without_ltv, None, Some(&with_ltv));
+        let reason = after.get("s").unwrap().reason();
+        assert!(after.get("s").unwrap().state.is_err(), "{rule}: {reason}");
+    }
+}
+
 /// A batch with the catalog's features, random values and missing cells.
 fn random_input(rows: usize, seed: u64) -> (FeatureBatch, Vec<f32>, Vec<f32>, Vec<u32>) {
     let mut state = seed.max(1);
