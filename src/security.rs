@@ -208,9 +208,18 @@ pub fn required_role(path: &str) -> Role {
     }
 }
 
-/// The token of an `authorization: Bearer <token>` header.
+/// The token of an `authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 7235 section 2.1), so `bearer` and `BEARER` work
+/// as `Bearer` does.
 fn bearer_token(header: &[u8]) -> Option<&[u8]> {
-    header.strip_prefix(b"Bearer ".as_slice())
+    const SCHEME: &[u8] = b"bearer";
+    let scheme = header.get(..SCHEME.len())?;
+    let rest = header.get(SCHEME.len()..)?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
 }
 
 /// Caller authentication and authorization when tokens are configured (and
@@ -363,6 +372,7 @@ mod tests {
             Some("Basic s3cret"),
             Some("Bearers3cret"),
             Some("Bearer"),
+            Some("Bearer "),
             Some("Bearer score:s3cret"),
         ] {
             assert_eq!(
@@ -376,6 +386,24 @@ mod tests {
         let none = BearerAuth::new(Vec::new());
         assert_eq!(call(&none, RELOAD, None), Ok(()));
         assert_eq!(format!("{:?}", Token("s3cret".into())), "***");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let auth = auth(&["s3cret"]);
+        for header in [
+            "bearer s3cret",
+            "BEARER s3cret",
+            "BeArEr s3cret",
+            "Bearer  s3cret",
+        ] {
+            assert_eq!(call(&auth, SCORE, Some(header)), Ok(()), "{header}");
+        }
+        // The token itself is compared exactly.
+        assert_eq!(
+            call(&auth, SCORE, Some("Bearer S3CRET")),
+            Err(tonic::Code::Unauthenticated)
+        );
     }
 
     #[test]

@@ -349,7 +349,8 @@ async fn the_default_deadline_bounds_each_stream_chunk_not_the_stream() {
 /// Roles (contract): `score:` and bare tokens score and read; only `admin:`
 /// tokens change what is served (ModelAdmin, OIP RepositoryModelLoad and
 /// RepositoryModelUnload). A score token there gets PERMISSION_DENIED and
-/// nothing changes; an unknown token stays UNAUTHENTICATED.
+/// nothing changes; an unknown token stays UNAUTHENTICATED. The scheme is
+/// case-insensitive (`bearer`, `BEARER`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn score_tokens_score_and_only_admin_tokens_change_what_is_served() {
     use segscore::api::oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
@@ -386,8 +387,8 @@ async fn score_tokens_score_and_only_admin_tokens_change_what_is_served() {
 
     for (token, scheme) in [
         ("reader-token", "Bearer"),
-        ("bare-token", "Bearer"),
-        ("admin-token", "Bearer"),
+        ("bare-token", "bearer"),
+        ("admin-token", "BEARER"),
     ] {
         let mut scoring = ScoringClient::with_interceptor(channel.clone(), with(token, scheme));
         scoring.score(one_row()).await.unwrap();
