@@ -6,7 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tonic::{service::interceptor::InterceptedService, transport::ServerTlsConfig};
+use tonic::transport::ServerTlsConfig;
 use tracing::info;
 
 use crate::{
@@ -27,7 +27,7 @@ use crate::{
         lifecycle::{watch_task, Lifecycle},
         Repository, SharedRepository,
     },
-    security::{self, BearerAuth},
+    security::{self, Authorized, BearerAuth},
     segments::{self, Segments, SharedSegments},
 };
 
@@ -236,15 +236,18 @@ impl Application {
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls).context("configuring TLS")?;
         }
+        // Each token's role is checked against the method it calls (admin
+        // methods live in ModelAdmin and inside OIP); health and reflection
+        // take any valid token, and only with --auth-health.
         let auth = self.auth;
         let open = auth.enforced_if(self.config.auth_health);
         let server = builder
-            .add_service(InterceptedService::new(scoring, auth.clone()))
-            .add_service(InterceptedService::new(inference, auth.clone()))
-            .add_service(InterceptedService::new(admin, auth))
-            .add_service(InterceptedService::new(health_service, open.clone()))
-            .add_service(InterceptedService::new(reflection_v1, open.clone()))
-            .add_service(InterceptedService::new(reflection_v1alpha, open))
+            .add_service(Authorized::new(scoring, auth.clone()))
+            .add_service(Authorized::new(inference, auth.clone()))
+            .add_service(Authorized::new(admin, auth))
+            .add_service(Authorized::new(health_service, open.clone()))
+            .add_service(Authorized::new(reflection_v1, open.clone()))
+            .add_service(Authorized::new(reflection_v1alpha, open))
             // Small request/response pairs must not wait for Nagle's algorithm
             // (~40 ms stalls on loopback); tonic only sets this on listeners it
             // binds itself, and this one is bound by the caller.

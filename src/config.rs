@@ -245,12 +245,16 @@ pub struct ServeArgs {
     /// PEM CA bundle: clients must present a certificate it signed (mTLS).
     #[arg(long, env = "SEGSCORE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
-    /// File of accepted bearer tokens, one per line; with tokens set, calls
-    /// without `authorization: Bearer <token>` get UNAUTHENTICATED.
+    /// File of accepted bearer tokens, one `ROLE:TOKEN` per line (ROLE
+    /// `score` or `admin`; a bare TOKEN is `score`). With tokens set, calls
+    /// without an accepted `authorization: Bearer <token>` get
+    /// UNAUTHENTICATED, and a score token calling an admin RPC gets
+    /// PERMISSION_DENIED.
     #[arg(long, env = "SEGSCORE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
-    /// Accepted bearer tokens, comma-separated. Prefer the environment
-    /// variable or the file: command lines are visible to other users.
+    /// Accepted bearer tokens, comma-separated `ROLE:TOKEN` entries (as in
+    /// --auth-tokens-file). Prefer the environment variable or the file:
+    /// command lines are visible to other users.
     #[arg(
         long,
         env = "SEGSCORE_AUTH_TOKENS",

@@ -8,6 +8,7 @@
 use tonic::{Code, Status};
 
 use crate::{
+    echo::echo,
     engine::ScoreError,
     features::{BatchError, FeatureError},
     repository::{lifecycle::LifecycleCommandError, LifecycleError, LoadedModel, ResolveError},
@@ -27,9 +28,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Resolve(#[from] ResolveError),
-    #[error("segment `{name}` not found (known segments: {known})")]
+    #[error("segment `{}` not found (known segments: {known})", echo(.name))]
     UnknownSegment { name: String, known: String },
-    #[error("segment `{name}` was refused when the rules were loaded: {reason}")]
+    #[error("segment `{}` was refused when the rules were loaded: {reason}", echo(.name))]
     SegmentFailed { name: String, reason: String },
     #[error("{0}")]
     TooLarge(String),

@@ -13,6 +13,8 @@ use std::{collections::HashMap, fmt, ops::Range};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+use crate::echo::echo;
+
 /// The dtype a manifest declares for a feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,29 +159,31 @@ pub struct FeatureSchema {
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum FeatureError {
     #[error(
-        "feature `{feature}` is required (missing = \"reject\") but the request has no such column"
+        "feature `{}` is required (missing = \"reject\") but the request has no such column",
+        echo(.feature)
     )]
     MissingColumn { feature: String },
-    #[error("feature `{feature}` row {row}: value is missing (or NaN) and the model rejects missing values")]
+    #[error("feature `{}` row {row}: value is missing (or NaN) and the model rejects missing values", echo(.feature))]
     MissingValue { feature: String, row: usize },
     #[error(
-        "feature `{feature}`: the model expects dtype {expected} but the column holds {got} values"
+        "feature `{}`: the model expects dtype {expected} but the column holds {got} values",
+        echo(.feature)
     )]
     WrongDtype {
         feature: String,
         expected: DType,
         got: &'static str,
     },
-    #[error("feature `{feature}` row {row}: value out of range [{min}, {max}]")]
+    #[error("feature `{}` row {row}: value out of range [{min}, {max}]", echo(.feature))]
     OutOfRange {
         feature: String,
         row: usize,
         min: f64,
         max: f64,
     },
-    #[error("feature `{feature}` row {row}: value is not an integer")]
+    #[error("feature `{}` row {row}: value is not an integer", echo(.feature))]
     NotInteger { feature: String, row: usize },
-    #[error("feature `{feature}` row {row}: unknown category (expected one of: {expected})")]
+    #[error("feature `{}` row {row}: unknown category (expected one of: {expected})", echo(.feature))]
     UnknownCategory {
         feature: String,
         row: usize,
@@ -641,9 +645,9 @@ impl Column {
 pub enum BatchError {
     #[error("the feature matrix has no rows")]
     Empty,
-    #[error("column `{0}` appears more than once")]
+    #[error("column `{}` appears more than once", echo(.0))]
     DuplicateColumn(String),
-    #[error("column `{name}` has {len} values but the matrix has {rows} rows")]
+    #[error("column `{}` has {len} values but the matrix has {rows} rows", echo(.name))]
     Length {
         name: String,
         len: usize,

@@ -14,6 +14,7 @@ pub mod app;
 pub mod bench;
 pub mod bulk;
 pub mod config;
+pub mod echo;
 pub mod engine;
 pub mod error;
 pub mod features;

@@ -1556,16 +1556,12 @@ fn lenient_cases() -> Vec<Case> {
     ]
 }
 
-/// Invalid UTF-8 in protobuf `string` fields and undecodable bodies: tonic
-/// rejects them while decoding, before segscore sees the request.
-// KNOWN: tonic-prost maps every protobuf decode error to INTERNAL
-// ("failed to decode Protobuf message: ... invalid string value: data is not
-// UTF-8 encoded"), so a client's malformed bytes read as a server fault, while
-// the README reserves INTERNAL for backend failures. grpc-go and grpc-java
-// answer INTERNAL too, but INVALID_ARGUMENT would be the precise code. Kept
-// out of the table: sent for liveness only, and each must fail (any code but
-// OK).
-fn known_decode_failures() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+/// Invalid UTF-8 in protobuf `string` fields and undecodable bodies: the
+/// server's codec rejects them while decoding, before segscore sees the
+/// request, with INVALID_ARGUMENT naming the message type and prost's reason.
+/// (tonic-prost's own codec, as grpc-go and grpc-java, answers INTERNAL; that
+/// code is kept for our own faults.)
+fn decode_cases() -> Vec<Case> {
     let two = request(matrix(full_rows(2)), churn()).encode_to_vec();
     let no_models = request(matrix(full_rows(2)), vec![]).encode_to_vec();
     let no_region = request(matrix(without(full_rows(2), "region")), churn()).encode_to_vec();
@@ -1583,11 +1579,22 @@ fn known_decode_failures() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let infer_base = infer("churn", vec![]).encode_to_vec();
     let infer_ok = infer("churn", vec![features_tensor(oip_rows(2), 2)]).encode_to_vec();
     let infer_unnamed = infer("", vec![features_tensor(oip_rows(2), 2)]).encode_to_vec();
-    vec![
+    // Starts of a group in unknown field 15, nested past prost's recursion
+    // limit; and a varint of eleven bytes.
+    let deep_groups = [0x7b_u8].repeat(500);
+    let varint_overflow = vec![
+        0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ];
+    let not_score_request: &'static [&'static str] = &["not a valid ScoreRequest protobuf message"];
+    let not_infer_request: &'static [&'static str] =
+        &["not a valid ModelInferRequest protobuf message"];
+    let not_utf8: &'static [&'static str] = &["not a valid", "not UTF-8"];
+    let cases: Vec<(&'static str, &'static str, Vec<u8>, &'static [&'static str])> = vec![
         (
             "Score model name not UTF-8",
             SCORE,
             concat(&[&no_models, &field(4, &field(1, BAD_UTF8))]),
+            not_utf8,
         ),
         (
             "Score label not UTF-8",
@@ -1596,11 +1603,13 @@ fn known_decode_failures() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 &no_models,
                 &field(4, &concat(&[&field(1, b"churn"), &field(3, BAD_UTF8)])),
             ]),
+            not_utf8,
         ),
         (
             "Score column name not UTF-8",
             SCORE,
             concat(&[&two, &field(3, &field(2, &column(BAD_UTF8)))]),
+            not_utf8,
         ),
         (
             "Score category value not UTF-8",
@@ -1618,51 +1627,113 @@ fn known_decode_failures() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                     ),
                 ),
             ]),
+            not_utf8,
         ),
         (
             "Score entity id not UTF-8",
             SCORE,
             concat(&[&two, &field(2, b"PII-ok"), &field(2, BAD_UTF8)]),
+            not_utf8,
         ),
         (
             "Score segment not UTF-8",
             SCORE,
             concat(&[&two, &field(5, BAD_UTF8)]),
+            not_utf8,
         ),
-        ("Score body not protobuf", SCORE, vec![0xff; 9]),
-        ("Score body truncated", SCORE, two[..two.len() - 3].to_vec()),
+        (
+            "Score body not protobuf",
+            SCORE,
+            vec![0xff; 9],
+            not_score_request,
+        ),
+        (
+            "Score body truncated",
+            SCORE,
+            two[..two.len() - 3].to_vec(),
+            not_score_request,
+        ),
+        (
+            "Score varint overflow",
+            SCORE,
+            varint_overflow.clone(),
+            not_score_request,
+        ),
+        (
+            "Score deep unknown groups",
+            SCORE,
+            deep_groups.clone(),
+            not_score_request,
+        ),
         (
             "ModelInfer model_name not UTF-8",
             MODEL_INFER,
             concat(&[&infer_unnamed, &field(1, BAD_UTF8)]),
+            not_utf8,
         ),
         (
             "ModelInfer model_version not UTF-8",
             MODEL_INFER,
             concat(&[&infer_ok, &field(2, BAD_UTF8)]),
+            not_utf8,
         ),
         (
             "ModelInfer id not UTF-8",
             MODEL_INFER,
             concat(&[&infer_ok, &field(3, BAD_UTF8)]),
+            not_utf8,
         ),
         (
             "ModelInfer input name not UTF-8",
             MODEL_INFER,
             concat(&[&infer_base, &field(5, &tensor(BAD_UTF8, b"FP32"))]),
+            not_utf8,
         ),
         (
             "ModelInfer datatype not UTF-8",
             MODEL_INFER,
             concat(&[&infer_base, &field(5, &tensor(b"features", BAD_UTF8))]),
+            not_utf8,
         ),
         (
             "ModelInfer body not protobuf",
             MODEL_INFER,
             vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            not_infer_request,
         ),
-        ("GetModel name not UTF-8", GET_MODEL, field(1, BAD_UTF8)),
-    ]
+        (
+            "ModelInfer shape varint overflow",
+            MODEL_INFER,
+            // Field 3 (shape) of an input tensor, the same eleven bytes.
+            concat(&[
+                &infer_base,
+                &field(5, &[&[0x18], &varint_overflow[1..]].concat()),
+            ]),
+            &[
+                "not a valid ModelInferRequest",
+                "InferInputTensor.shape",
+                "invalid varint",
+            ],
+        ),
+        (
+            "ModelInfer deep unknown groups",
+            MODEL_INFER,
+            deep_groups,
+            not_infer_request,
+        ),
+        (
+            "GetModel name not UTF-8",
+            GET_MODEL,
+            field(1, BAD_UTF8),
+            &["not a valid GetModelRequest protobuf message", "not UTF-8"],
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, path, body, needles)| {
+            case(name, Call::Raw(path, body), Code::InvalidArgument, needles)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -1852,11 +1923,10 @@ async fn stream_corpus(app: &TestApp, problems: &mut Vec<String>) -> usize {
     bad_chunks
 }
 
-/// KNOWN (see `known_decode_failures`): an undecodable chunk in the middle of
-/// a ScoreStream ends the whole stream with INTERNAL after the chunks before
-/// it are answered, rather than an `error` answer for that chunk. Sent for
-/// liveness only; what is checked is that the good chunk before it is
-/// answered and the stream then fails (not hangs).
+/// An undecodable chunk in the middle of a ScoreStream ends the whole stream
+/// with INVALID_ARGUMENT after the chunks before it are answered, rather than
+/// an `error` answer for that chunk: past bytes that are not protobuf, the
+/// stream's framing can no longer be trusted.
 async fn stream_with_undecodable_chunk(app: &TestApp, problems: &mut Vec<String>) {
     let good = |sequence: u64| {
         RawMessage(
@@ -1894,14 +1964,16 @@ async fn stream_with_undecodable_chunk(app: &TestApp, problems: &mut Vec<String>
             Err(s) => break Some(s),
         }
     };
-    eprintln!("KNOWN stream with an undecodable chunk: answers {seen:?}, end {end:?}");
-    if seen.first() != Some(&(1, None)) {
+    if seen != [(1, None)] {
         problems.push(format!(
-            "ScoreStream undecodable chunk: first chunk not answered: {seen:?}"
+            "ScoreStream undecodable chunk: expected only chunk 1 answered, got {seen:?}"
         ));
     }
-    if end.as_ref().is_some_and(|s| s.code() == Code::Ok) {
-        problems.push("ScoreStream undecodable chunk: ended with OK".into());
+    let code = end.as_ref().map(Status::code);
+    if code != Some(Code::InvalidArgument) {
+        problems.push(format!(
+            "ScoreStream undecodable chunk: expected the stream to end with InvalidArgument, got {end:?}"
+        ));
     }
 }
 
@@ -2000,7 +2072,7 @@ async fn every_malformed_request_gets_its_exact_status_and_the_server_survives()
         Server::Bytes16k => &small,
     };
 
-    let table: Vec<Case> = [score_cases(), infer_cases(), size_cases()]
+    let table: Vec<Case> = [score_cases(), infer_cases(), size_cases(), decode_cases()]
         .into_iter()
         .flatten()
         .collect();
@@ -2017,15 +2089,8 @@ async fn every_malformed_request_gets_its_exact_status_and_the_server_survives()
     }
     malformed += stream_corpus(&main, &mut problems).await;
 
-    // KNOWN cases: sent so a panic or a hang would show; the code is not
-    // asserted beyond "not OK".
-    for (name, path, body) in known_decode_failures() {
-        match send(&main, Call::Raw(path, body)).await {
-            Ok(()) => problems.push(format!("{name}: accepted")),
-            Err(s) => eprintln!("KNOWN {name}: {:?} `{}`", s.code(), s.message()),
-        }
-    }
     stream_with_undecodable_chunk(&main, &mut problems).await;
+    malformed += 1;
 
     assert!(
         problems.is_empty(),
@@ -2058,4 +2123,74 @@ async fn every_malformed_request_gets_its_exact_status_and_the_server_survives()
     );
     main.stop().await.unwrap();
     small.stop().await.unwrap();
+}
+
+/// SplitMix64: a seeded generator, so the random bodies (and any failure)
+/// are the same on every run.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// 1,000 random bodies, each framed as a gRPC message (so they reach the
+/// decoder) and each not valid protobuf for the method it is sent to,
+/// alternately Score and ModelInfer: every one is the caller's
+/// INVALID_ARGUMENT with a short message, never our INTERNAL, and the server
+/// still scores every golden set afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_are_invalid_argument_and_the_server_still_scores() {
+    const BODIES: usize = 1000;
+    let app = spawn_app_with(&shipped_models(), |a| a.max_rows_per_request = MAX_ROWS).await;
+    let mut grpc = tonic::client::Grpc::new(channel(&app));
+    let mut rng = SplitMix64(0x5e95_c02e);
+    let (mut sent, mut skipped) = (0, 0);
+    let mut problems = Vec::new();
+    while sent < BODIES {
+        let len = 1 + (rng.next() % 300) as usize;
+        let body: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let (path, decodes) = if sent % 2 == 0 {
+            (SCORE, pb::ScoreRequest::decode(body.as_slice()).is_ok())
+        } else {
+            (
+                MODEL_INFER,
+                oip::ModelInferRequest::decode(body.as_slice()).is_ok(),
+            )
+        };
+        if decodes {
+            // Valid protobuf by chance: a request, not what this test is about.
+            skipped += 1;
+            continue;
+        }
+        grpc.ready().await.unwrap();
+        let got = grpc
+            .unary(
+                tonic::Request::new(RawMessage(body)),
+                PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::<RawMessage, RawMessage>::default(),
+            )
+            .await;
+        match got {
+            Err(s) if s.code() == Code::InvalidArgument && s.message().len() < 512 => {}
+            other => problems.push(format!("body {sent} ({len} bytes) to {path}: {other:?}")),
+        }
+        sent += 1;
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {BODIES} bodies were answered otherwise:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(skipped < BODIES, "{skipped} random bodies decoded");
+    let handle = app.handle.as_ref().expect("not stopped");
+    assert!(!handle.is_finished(), "the server stopped");
+    assert!(golden_sets_still_reproduce(&app).await >= 5);
+    app.stop().await.unwrap();
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::pb;
 use crate::{
+    echo::echo,
     error::ApiError,
     features::{
         Column, ColumnValues, DType, FeatureBatch, FeatureSpec, ImputeValue, MissingPolicy,
@@ -51,13 +52,13 @@ impl TryFrom<pb::FeatureColumn> for (String, Column) {
             None => {
                 return Err(ApiError::InvalidArgument(format!(
                     "column `{}` has no values: set one of f32, f64, i64, bool, category",
-                    col.name
+                    echo(&col.name)
                 )))
             }
         };
         let column = Column::new(values)
             .with_missing_rows(&col.missing_rows)
-            .map_err(|e| ApiError::InvalidArgument(format!("column `{}`: {e}", col.name)))?;
+            .map_err(|e| ApiError::InvalidArgument(format!("column `{}`: {e}", echo(&col.name))))?;
         Ok((col.name, column))
     }
 }

@@ -21,6 +21,7 @@ use tracing::info;
 
 use super::{gate::RequestGate, oip};
 use crate::{
+    echo::echo,
     error::ApiError,
     features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema},
     repository::{lifecycle::Lifecycle, Format, LoadedModel, SharedRepository, Task},
@@ -81,8 +82,8 @@ impl InferenceService {
             if !names.contains(&out.name.as_str()) {
                 return Err(ApiError::InvalidArgument(format!(
                     "model `{}` has no output `{}`; its outputs are {}",
-                    req.model_name,
-                    out.name,
+                    echo(&req.model_name),
+                    echo(&out.name),
                     names
                         .iter()
                         .map(|n| format!("`{n}`"))
@@ -204,12 +205,15 @@ fn parse_version(version: &str) -> Result<u64, ApiError> {
         .then(|| version.parse().ok())
         .flatten()
         .ok_or_else(|| {
-            ApiError::InvalidArgument(format!("model_version `{version}` is not a version number"))
+            ApiError::InvalidArgument(format!(
+                "model_version `{}` is not a version number",
+                echo(version)
+            ))
         })
 }
 
 fn bad(tensor: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::InvalidArgument(format!("input tensor `{tensor}`: {message}"))
+    ApiError::InvalidArgument(format!("input tensor `{}`: {message}", echo(tensor)))
 }
 
 /// Reads one tensor's values from typed contents or from its raw bytes.
@@ -265,8 +269,9 @@ fn tensor_values(
             return Err(bad(
                 name,
                 format!(
-                "datatype `{other}` is not supported (use FP32, FP64, INT64, INT32, BOOL or BYTES)"
-            ),
+                    "datatype `{}` is not supported (use FP32, FP64, INT64, INT32, BOOL or BYTES)",
+                    echo(other)
+                ),
             ))
         }
     })
@@ -518,7 +523,10 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         let version = parse_version(&req.version)?;
         let repository = self.repository().load();
         if !repository.models().contains_key(&req.name) {
-            return Err(Status::not_found(format!("model `{}` not found", req.name)));
+            return Err(Status::not_found(format!(
+                "model `{}` not found",
+                echo(&req.name)
+            )));
         }
         let ready = repository.resolve(&req.name, version, "").is_ok();
         Ok(Response::new(oip::ModelReadyResponse { ready }))
@@ -638,11 +646,12 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
             .get(&name)
             .and_then(|e| e.default_version())
             .map(|m| m.version());
-        info!(model = %name, ?serving, "model reloaded from the repository");
+        info!(model = %echo(&name), ?serving, "model reloaded from the repository");
         match serving {
             Some(_) => Ok(Response::new(oip::RepositoryModelLoadResponse {})),
             None => Err(Status::failed_precondition(format!(
-                "model `{name}` was reloaded but no version passed validation (see ListModels)"
+                "model `{}` was reloaded but no version passed validation (see ListModels)",
+                echo(&name)
             ))),
         }
     }

@@ -17,6 +17,7 @@ use super::{
     pb,
 };
 use crate::{
+    echo::echo,
     error::ApiError,
     features::{BatchError, FeatureBatch},
     metrics::Metrics,
@@ -108,7 +109,8 @@ impl ScoringService {
         for (i, name) in req.segments.iter().enumerate() {
             if req.segments[..i].contains(name) {
                 return Err(ApiError::InvalidArgument(format!(
-                    "segment `{name}` is listed twice"
+                    "segment `{}` is listed twice",
+                    echo(name)
                 )));
             }
             let segment = segments.get(name).ok_or_else(|| ApiError::UnknownSegment {
@@ -178,13 +180,13 @@ impl ScoringService {
             {
                 return Err(ApiError::InvalidArgument(format!(
                     "model `{}` is listed twice with the same version and label",
-                    model_ref.name
+                    echo(&model_ref.name)
                 )));
             }
             if model_ref.version != 0 && !model_ref.label.is_empty() {
                 return Err(ApiError::InvalidArgument(format!(
                     "model `{}`: set a version or a label, not both",
-                    model_ref.name
+                    echo(&model_ref.name)
                 )));
             }
             let route = self.repository.load().route(
@@ -597,7 +599,7 @@ impl pb::scoring_server::Scoring for ScoringService {
     ) -> Result<Response<pb::GetModelResponse>, Status> {
         let name = request.into_inner().name;
         let model = model_info(&self.repository.load(), &name)
-            .ok_or_else(|| Status::not_found(format!("model `{name}` not found")))?;
+            .ok_or_else(|| Status::not_found(format!("model `{}` not found", echo(&name))))?;
         Ok(Response::new(pb::GetModelResponse { model: Some(model) }))
     }
 }

@@ -17,6 +17,8 @@ use std::{
 
 use tracing::{info, warn};
 
+use crate::echo::echo;
+
 pub use load::{EngineConfig, LoadError, LoadedModel, ModelOutput, Phase};
 pub use manifest::{Format, Manifest, Task, MANIFEST_FILE};
 pub use routing::{Routing, CANARY_LABEL, DEFAULT_LABEL, LABELS_FILE};
@@ -98,21 +100,21 @@ impl ModelEntry {
 /// Why a lifecycle command was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
-    #[error("model `{0}` not found")]
+    #[error("model `{}` not found", echo(.0))]
     UnknownModel(String),
-    #[error("model `{name}` has no version {version}")]
+    #[error("model `{}` has no version {version}", echo(.name))]
     UnknownVersion { name: String, version: u64 },
-    #[error("model `{name}` version {version} is not serving, so no label can point at it")]
+    #[error("model `{}` version {version} is not serving, so no label can point at it", echo(.name))]
     NotServing { name: String, version: u64 },
-    #[error("model `{name}` version {version} could not be loaded again: {reason}")]
+    #[error("model `{}` version {version} could not be loaded again: {reason}", echo(.name))]
     Reload {
         name: String,
         version: u64,
         reason: String,
     },
-    #[error("model `{name}` has no serving version older than {current} to roll back to")]
+    #[error("model `{}` has no serving version older than {current} to roll back to", echo(.name))]
     NothingToRollBackTo { name: String, current: u64 },
-    #[error("label `{0}` is not a valid name (letters, digits, `_`, `-`)")]
+    #[error("label `{}` is not a valid name (letters, digits, `_`, `-`)", echo(.0))]
     BadLabel(String),
     #[error("writing {path}: {source}")]
     Io {
@@ -124,19 +126,19 @@ pub enum LifecycleError {
 /// Why a model reference does not resolve to a serving version.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ResolveError {
-    #[error("model `{0}` not found")]
+    #[error("model `{}` not found", echo(.0))]
     UnknownModel(String),
-    #[error("model `{name}` has no version {version}")]
+    #[error("model `{}` has no version {version}", echo(.name))]
     UnknownVersion { name: String, version: u64 },
-    #[error("model `{name}` version {version} is not serving: {reason}")]
+    #[error("model `{}` version {version} is not serving: {reason}", echo(.name))]
     NotServing {
         name: String,
         version: u64,
         reason: String,
     },
-    #[error("model `{0}` has no serving version")]
+    #[error("model `{}` has no serving version", echo(.0))]
     NoServingVersion(String),
-    #[error("model `{name}` has no label `{label}`")]
+    #[error("model `{}` has no label `{}`", echo(.name), echo(.label))]
     UnknownLabel { name: String, label: String },
 }
 

@@ -290,3 +290,135 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
     assert!(recovered);
     app.stop().await.unwrap();
 }
+
+/// A caller's strings come back bounded: a 1 MB name (any identifier the
+/// server echoes) gets its precise status with a message under 1 KiB that
+/// says how long the name was, and a newline in a name is escaped so it
+/// cannot start a forged log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_and_control_character_names_are_echoed_bounded_and_escaped() {
+    use segscore::api::oip::{
+        self, grpc_inference_service_client::GrpcInferenceServiceClient,
+        model_infer_request::InferInputTensor, InferTensorContents,
+    };
+    let app = spawn_app().await;
+    let huge = "m".repeat(1 << 20);
+    let mut oip = GrpcInferenceServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect_lazy(),
+    )
+    .max_encoding_message_size(usize::MAX);
+    let tensor = |name: &str| InferInputTensor {
+        name: name.into(),
+        datatype: "FP32".into(),
+        shape: vec![1, 12],
+        contents: Some(InferTensorContents {
+            fp32_contents: vec![1.0; 12],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let infer = |model: &str, input: &str| oip::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![tensor(input)],
+        ..Default::default()
+    };
+    let mut with_label = model("churn", 0);
+    with_label.label = huge.clone();
+    let mut with_segment = request(matrix(full_rows(1)), vec![model("churn", 0)]);
+    with_segment.segments = vec![huge.clone()];
+    let answers: Vec<(&str, Result<(), tonic::Status>, Code)> = vec![
+        (
+            "Score model name",
+            app.score(request(matrix(full_rows(1)), vec![model(&huge, 0)]))
+                .await
+                .map(drop),
+            Code::NotFound,
+        ),
+        (
+            "Score label",
+            app.score(request(matrix(full_rows(1)), vec![with_label]))
+                .await
+                .map(drop),
+            Code::NotFound,
+        ),
+        (
+            "Score segment",
+            app.score(with_segment).await.map(drop),
+            Code::NotFound,
+        ),
+        (
+            "GetModel",
+            app.client
+                .clone()
+                .get_model(pb::GetModelRequest { name: huge.clone() })
+                .await
+                .map(drop),
+            Code::NotFound,
+        ),
+        (
+            "ModelInfer model_name",
+            oip.model_infer(infer(&huge, "features")).await.map(drop),
+            Code::NotFound,
+        ),
+        (
+            "ModelInfer input name",
+            oip.model_infer(infer("churn", &huge)).await.map(drop),
+            Code::InvalidArgument,
+        ),
+        (
+            "ModelMetadata",
+            oip.model_metadata(oip::ModelMetadataRequest {
+                name: huge.clone(),
+                version: String::new(),
+            })
+            .await
+            .map(drop),
+            Code::NotFound,
+        ),
+        (
+            "ModelReady",
+            oip.model_ready(oip::ModelReadyRequest {
+                name: huge.clone(),
+                version: String::new(),
+            })
+            .await
+            .map(drop),
+            Code::NotFound,
+        ),
+    ];
+    for (what, got, code) in answers {
+        let status = got.expect_err(what);
+        let message = status.message();
+        assert_eq!(
+            status.code(),
+            code,
+            "{what}: {}",
+            &message[..message.len().min(300)]
+        );
+        assert!(
+            message.len() < 1024,
+            "{what}: a {}-byte message",
+            message.len()
+        );
+        assert!(
+            message.contains("…(truncated, 1048576 bytes)"),
+            "{what}: {message}"
+        );
+    }
+    let status = app
+        .score(request(
+            matrix(full_rows(1)),
+            vec![model("churn\nINFO forged line", 0)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("`churn\\nINFO forged line`"),
+        "{}",
+        status.message()
+    );
+    app.stop().await.unwrap();
+}

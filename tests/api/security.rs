@@ -345,3 +345,183 @@ async fn the_default_deadline_bounds_each_stream_chunk_not_the_stream() {
     assert!(responses.message().await.unwrap().is_none());
     app.stop().await.unwrap();
 }
+
+/// Roles (contract): `score:` and bare tokens score and read; only `admin:`
+/// tokens change what is served (ModelAdmin, OIP RepositoryModelLoad and
+/// RepositoryModelUnload). A score token there gets PERMISSION_DENIED and
+/// nothing changes; an unknown token stays UNAUTHENTICATED. The scheme is
+/// case-insensitive (`bearer`, `BEARER`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_tokens_score_and_only_admin_tokens_change_what_is_served() {
+    use segscore::api::oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "tokens",
+        "# readers\nscore:reader-token\nbare-token\n# operators\nadmin:admin-token\n",
+    );
+    let models = copy_models();
+    let app = spawn_app_with(models.path(), |a| {
+        a.auth_tokens_file = Some(file.clone());
+        a.auth_health = true;
+    })
+    .await;
+    let channel = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect_lazy();
+    let with = |token: &str, scheme: &str| {
+        let value: tonic::metadata::MetadataValue<_> = format!("{scheme} {token}").parse().unwrap();
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", value.clone());
+            Ok(req)
+        }
+    };
+    let churn_default = || {
+        app.repository
+            .load()
+            .resolve("churn", 0, "")
+            .unwrap()
+            .version()
+    };
+    let before = churn_default();
+
+    for (token, scheme) in [
+        ("reader-token", "Bearer"),
+        ("bare-token", "bearer"),
+        ("admin-token", "BEARER"),
+    ] {
+        let mut scoring = ScoringClient::with_interceptor(channel.clone(), with(token, scheme));
+        scoring.score(one_row()).await.unwrap();
+        scoring.list_models(pb::ListModelsRequest {}).await.unwrap();
+        let mut oip =
+            GrpcInferenceServiceClient::with_interceptor(channel.clone(), with(token, scheme));
+        oip.model_ready(oip::ModelReadyRequest {
+            name: "churn".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+        let mut health = HealthClient::with_interceptor(channel.clone(), with(token, scheme));
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+
+    for (token, code) in [
+        ("reader-token", Code::PermissionDenied),
+        ("bare-token", Code::PermissionDenied),
+        ("nobody", Code::Unauthenticated),
+    ] {
+        let mut admin = pb::model_admin_client::ModelAdminClient::with_interceptor(
+            channel.clone(),
+            with(token, "Bearer"),
+        );
+        let mut oip =
+            GrpcInferenceServiceClient::with_interceptor(channel.clone(), with(token, "Bearer"));
+        let answers = [
+            (
+                "Rollback",
+                admin
+                    .rollback(pb::RollbackRequest {
+                        name: "churn".into(),
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "SetLabel",
+                admin
+                    .set_label(pb::SetLabelRequest {
+                        name: "churn".into(),
+                        label: "stable".into(),
+                        version: 1,
+                    })
+                    .await
+                    .map(drop),
+            ),
+            ("Reload", admin.reload(pb::ReloadRequest {}).await.map(drop)),
+            (
+                "RepositoryModelUnload",
+                oip.repository_model_unload(oip::RepositoryModelUnloadRequest {
+                    model_name: "churn".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            ),
+            (
+                "RepositoryModelLoad",
+                oip.repository_model_load(oip::RepositoryModelLoadRequest {
+                    model_name: "churn".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            ),
+        ];
+        for (method, got) in answers {
+            let status = got.expect_err(method);
+            assert_eq!(
+                status.code(),
+                code,
+                "{token} {method}: {}",
+                status.message()
+            );
+            assert!(!status.message().contains(token), "{}", status.message());
+        }
+    }
+    // Nothing a refused call asked for happened.
+    assert_eq!(churn_default(), before);
+    let info = ScoringClient::with_interceptor(channel.clone(), with("reader-token", "Bearer"))
+        .get_model(pb::GetModelRequest {
+            name: "churn".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert!(!info.labels.contains_key("stable"), "{:?}", info.labels);
+
+    // The admin token can.
+    let mut admin = pb::model_admin_client::ModelAdminClient::with_interceptor(
+        channel.clone(),
+        with("admin-token", "Bearer"),
+    );
+    admin
+        .set_label(pb::SetLabelRequest {
+            name: "churn".into(),
+            label: "stable".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    admin.reload(pb::ReloadRequest {}).await.unwrap();
+    GrpcInferenceServiceClient::with_interceptor(channel.clone(), with("admin-token", "Bearer"))
+        .repository_model_load(oip::RepositoryModelLoadRequest {
+            model_name: "churn".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app.stop().await.unwrap();
+}
+
+/// A token entry that names no known role fails start-up, saying where it
+/// is and never what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_an_unknown_role_fails_start_up_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "tokens", "score:ok\nadmn:s3cret-value\n");
+    let mut args = segscore::config::ServeArgs::for_models(shipped_models());
+    args.auth_tokens_file = Some(file);
+    let err = match segscore::app::Application::build(args).await {
+        Ok(_) => panic!("a bad token entry was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("line 2 of the auth tokens file"), "{err}");
+    assert!(!err.contains("s3cret") && !err.contains("admn"), "{err}");
+}
