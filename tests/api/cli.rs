@@ -1,6 +1,7 @@
-//! `segscore score`: embedded and remote scoring give identical files.
+//! The binary's command line: `segscore score` embedded and remote give
+//! identical files; `make run` listens where ADDR says.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::helpers::*;
 
@@ -204,4 +205,35 @@ async fn segments_columns_are_the_same_embedded_and_remote_and_match_score() {
         assert_eq!(line["baseline"]["jaccard"], 1.0);
     }
     app.stop().await.unwrap();
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn make_run_listens_where_addr_says() {
+    let dry_run = |extra: &[&str]| {
+        let out = Command::new("make")
+            .args(["-n", "-s", "-C", env!("CARGO_MANIFEST_DIR"), "run"])
+            .args(extra)
+            // Not the variables of a `make test` this runs under.
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
+            .env_remove("ADDR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let serve_line = |text: &str| {
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(" serve ")).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        lines[0].to_owned()
+    };
+    let default = serve_line(&dry_run(&[]));
+    assert!(default.ends_with(" --addr 127.0.0.1:50051"), "{default}");
+    let chosen = serve_line(&dry_run(&["ADDR=0.0.0.0:50999"]));
+    assert!(chosen.ends_with(" --addr 0.0.0.0:50999"), "{chosen}");
 }
