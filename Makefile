@@ -1,4 +1,5 @@
-# segscore: `make run` serves the shipped models on 127.0.0.1:50051;
+# segscore: `make run` serves the shipped models on 127.0.0.1:50051
+# (`make run ADDR=0.0.0.0:50051` to listen elsewhere);
 # `make test` runs every test. Both install what is missing first, from the
 # package registries only (PyPI for the venv, crates.io for cargo).
 
@@ -13,6 +14,8 @@ DEPLOY_REQUIREMENTS := deploy/requirements.txt
 BIN := target/release/segscore
 SEED ?= 20261123
 CUSTOMERS ?= 50000
+# Where `make run` listens.
+ADDR ?= 127.0.0.1:50051
 
 .PHONY: run test test-stress build venv lint models validate bench bench-bulk bulk-data clean deploy-check
 
@@ -35,7 +38,7 @@ build: venv
 	$(CARGO) build --release --locked
 
 run: build
-	$(BIN) serve --models models --segments segments.toml --addr 127.0.0.1:50051
+	$(BIN) serve --models models --segments segments.toml --addr $(ADDR)
 
 test: venv lint
 	$(VENV)/bin/python -m pytest training/tests -q

@@ -379,10 +379,15 @@ pub struct ScoreArgs {
     /// keep it the same across shards and resumed runs.
     #[arg(long, env = "SEGSCORE_BATCH_ROWS", default_value_t = 4096)]
     pub batch_rows: usize,
-    /// Server to score against (http://host:port); repeat (or comma-separate)
-    /// to spread chunks over several servers, one ScoreStream each. None =
-    /// score in-process.
-    #[arg(long, env = "SEGSCORE_SCORE_ADDR", value_delimiter = ',')]
+    /// Server to score against (http://host:port, or host:port for plain
+    /// http); repeat (or comma-separate) to spread chunks over several
+    /// servers, one ScoreStream each. None = score in-process.
+    #[arg(
+        long,
+        env = "SEGSCORE_SCORE_ADDR",
+        value_delimiter = ',',
+        value_parser = server_url
+    )]
     pub addr: Vec<String>,
     /// Chunks in flight per server stream (remote) or in the in-process
     /// engine (embedded); bounds memory together with --batch-rows.
@@ -455,6 +460,26 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// `score --addr`: a server's URL. A bare `host:port` means plain-text
+/// HTTP/2 (`http://host:port`), as the server's own `--addr` is written.
+fn server_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let url = if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("http://{value}")
+    };
+    let uri: tonic::transport::Uri = url.parse().map_err(|e| {
+        format!("`{value}` is not a server address ({e}); expected host:port or http://host:port")
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!(
+            "`{value}` is not a server address; expected host:port or http://host:port"
+        ));
+    }
+    Ok(url)
+}
+
 /// Parses the command line, then fills `serve` options left at their defaults
 /// from `--config FILE` by re-parsing with them appended, so the file goes
 /// through the same clap validation as flags do.
@@ -499,4 +524,29 @@ pub fn parse() -> Result<Cli, String> {
         extended.push(format!("--{}={text}", id.replace('_', "-")));
     }
     Cli::try_parse_from(extended).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_address_without_a_scheme_is_plain_http() {
+        assert_eq!(
+            server_url("127.0.0.1:50401").unwrap(),
+            "http://127.0.0.1:50401"
+        );
+        assert_eq!(
+            server_url("scorer.internal:50051").unwrap(),
+            "http://scorer.internal:50051"
+        );
+        assert_eq!(server_url("https://h:443").unwrap(), "https://h:443");
+        assert_eq!(
+            server_url(" http://[::1]:50051 ").unwrap(),
+            "http://[::1]:50051"
+        );
+        for bad in ["", "ftp://h:21", "http://", "a b:1"] {
+            assert!(server_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::{path::Path, process::ExitCode};
 use segscore::{
     app::{shutdown_signal, Application},
     bench, bulk,
-    config::{self, Command, ModelsCommand, SegmentsCommand},
+    config::{self, Command, LogFormat, ModelsCommand, SegmentsCommand},
     repository::{self, load, Manifest},
     segments, telemetry, train,
 };
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let log_format = cli.log_format;
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -84,8 +85,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // One line: a JSON log event for log shippers, else plain text.
+            let message = telemetry::error_line(&e);
+            if log_format == LogFormat::Json && tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{message}");
+            } else {
+                eprintln!("error: {message}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -74,6 +74,26 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
     Ok(Telemetry { provider })
 }
 
+/// An error and its causes on one line, `outer: cause: root`, each message
+/// once: many errors already quote their source in their own message (tonic's
+/// transport errors, `model {m} version {v}: {source}`), and `{:#}` would say
+/// it twice.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
+}
+
 /// Reads W3C trace context (`traceparent`, `tracestate`) from gRPC metadata.
 struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
 
@@ -101,5 +121,49 @@ pub fn link_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap
             p.extract(&MetadataExtractor(metadata))
         });
         let _ = span.set_parent(parent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("invalid URL, scheme is missing")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Quoting(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("model `churn` version 2: {source}")]
+    struct Prefixing {
+        source: Inner,
+    }
+
+    #[test]
+    fn a_cause_its_parent_already_quotes_is_said_once() {
+        let e = anyhow::Error::new(Quoting(Inner)).context("connecting to 127.0.0.1:50401");
+        assert_eq!(
+            error_line(&e),
+            "connecting to 127.0.0.1:50401: invalid URL, scheme is missing"
+        );
+        let e = anyhow::Error::new(Prefixing { source: Inner });
+        assert_eq!(
+            error_line(&e),
+            "model `churn` version 2: invalid URL, scheme is missing"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept_in_order() {
+        let e = anyhow::anyhow!("permission denied")
+            .context("reading models/churn/2/model.toml")
+            .context("loading churn");
+        assert_eq!(
+            error_line(&e),
+            "loading churn: reading models/churn/2/model.toml: permission denied"
+        );
     }
 }

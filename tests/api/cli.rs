@@ -1,6 +1,10 @@
-//! `segscore score`: embedded and remote scoring give identical files.
+//! The binary's command line: `segscore score` embedded and remote give
+//! identical files; `make run` listens where ADDR says; one line per error.
 
-use std::process::Command;
+use std::{
+    ffi::OsStr,
+    process::{Command, Output},
+};
 
 use crate::helpers::*;
 
@@ -203,5 +207,101 @@ async fn segments_columns_are_the_same_embedded_and_remote_and_match_score() {
         assert_eq!(line["baseline"]["members"], members[s]);
         assert_eq!(line["baseline"]["jaccard"], 1.0);
     }
+    app.stop().await.unwrap();
+}
+
+/// Runs the binary with `args` and extra env vars, with no `SEGSCORE_*`
+/// variable of the caller's leaking in.
+fn segscore<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_segscore"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SEGSCORE_") {
+            command.env_remove(key);
+        }
+    }
+    command.args(args).env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[test]
+fn make_run_listens_where_addr_says() {
+    let dry_run = |extra: &[&str]| {
+        let out = Command::new("make")
+            .args(["-n", "-s", "-C", env!("CARGO_MANIFEST_DIR"), "run"])
+            .args(extra)
+            // Not the variables of a `make test` this runs under.
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
+            .env_remove("ADDR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let serve_line = |text: &str| {
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(" serve ")).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        lines[0].to_owned()
+    };
+    let default = serve_line(&dry_run(&[]));
+    assert!(default.ends_with(" --addr 127.0.0.1:50051"), "{default}");
+    let chosen = serve_line(&dry_run(&["ADDR=0.0.0.0:50999"]));
+    assert!(chosen.ends_with(" --addr 0.0.0.0:50999"), "{chosen}");
+}
+
+#[test]
+fn an_error_is_printed_once_on_one_line() {
+    let args = ["serve", "--models", "/no-such-repository"];
+    let out = segscore(&args, &[]);
+    let log = stderr(&out);
+    assert!(!out.status.success());
+    assert_eq!(
+        lines_with(&log, "not a directory"),
+        ["error: --models /no-such-repository: not a directory (point it at the model repository)"],
+        "{log}"
+    );
+    // With JSON logs the one line is a JSON event, for log shippers.
+    let out = segscore(&[&["--log-format", "json"][..], &args].concat(), &[]);
+    let log = stderr(&out);
+    let errors = lines_with(&log, "not a directory");
+    assert_eq!(errors.len(), 1, "{log}");
+    let event: serde_json::Value = serde_json::from_str(errors[0]).unwrap();
+    assert_eq!(event["level"], "ERROR", "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_takes_a_server_address_without_a_scheme() {
+    let app = spawn_app().await;
+    let out = tempfile::tempdir().unwrap();
+    let output = out.path().join("scores.csv");
+    let result = segscore(
+        &[
+            "score".as_ref(),
+            "--input".as_ref(),
+            sample_users().as_os_str(),
+            "--output".as_ref(),
+            output.as_os_str(),
+            "--models".as_ref(),
+            "churn".as_ref(),
+            "--addr".as_ref(),
+            app.addr.to_string().as_ref(),
+        ],
+        &[],
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    let scores = std::fs::read_to_string(&output).unwrap();
+    assert!(scores.starts_with("customer_id,churn\n"), "{scores}");
     app.stop().await.unwrap();
 }
