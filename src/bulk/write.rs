@@ -13,6 +13,7 @@
 //! last.
 
 use std::{
+    collections::BTreeSet,
     fs::{self, File},
     io::{BufWriter, Write},
     path::{Path, PathBuf},
@@ -135,6 +136,7 @@ pub struct PartRecord {
     pub file: String,
     pub rejects_file: String,
     pub rows: u64,
+    /// Rejected rows (not cells: `rejects_file` has a line per bad cell).
     pub rejects: u64,
 }
 
@@ -147,6 +149,7 @@ pub struct Progress {
     pub next_chunk: u64,
     pub rows_read: u64,
     pub rows_scored: u64,
+    /// Rows with at least one bad cell.
     pub rows_rejected: u64,
     /// Per `--segments` entry: member rows and rows the rule errored on, in
     /// committed parts.
@@ -276,6 +279,7 @@ struct OpenPart {
     sink: PartSink,
     rejects: csv::Writer<BufWriter<File>>,
     rows: u64,
+    /// Rejected rows.
     reject_count: u64,
     /// The chunk after the last one written into this part.
     next_chunk: u64,
@@ -463,7 +467,22 @@ impl PartWriter {
                 .write_record([r.row.to_string().as_str(), &r.column, &r.reason])?;
         }
         part.rows += n as u64;
-        part.reject_count += chunk.rejects.len() as u64;
+        // Rows, not cells: a row with two bad cells is one rejected row
+        // (and two lines in the rejects file).
+        let rejected_rows = chunk
+            .rejects
+            .iter()
+            .map(|r| r.row)
+            .collect::<BTreeSet<_>>()
+            .len() as u64;
+        if n as u64 + rejected_rows != chunk.rows_read {
+            bail!(
+                "chunk {}: {} rows read, but {n} scored and {rejected_rows} rejected; this is a bug",
+                chunk.chunk,
+                chunk.rows_read
+            );
+        }
+        part.reject_count += rejected_rows;
         if part.segment_counts.len() < chunk.segments.len() {
             part.segment_counts.resize(chunk.segments.len(), (0, 0));
         }
@@ -635,4 +654,121 @@ pub fn assemble(
     sync_dir(output);
     fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns() -> Vec<OutputColumn> {
+        vec![
+            OutputColumn {
+                name: "customer_id".into(),
+                kind: OutputKind::Id,
+            },
+            OutputColumn {
+                name: "churn".into(),
+                kind: OutputKind::Score { model: 0 },
+            },
+        ]
+    }
+
+    fn progress(format: Format) -> Progress {
+        Progress {
+            fingerprint: Fingerprint {
+                input: "in.csv".into(),
+                input_bytes: 0,
+                input_modified_ns: 0,
+                output_format: format,
+                shard: None,
+                batch_rows: 4,
+                id_column: "customer_id".into(),
+                columns: columns(),
+                models: Vec::new(),
+            },
+            parts: Vec::new(),
+            next_chunk: 0,
+            rows_read: 0,
+            rows_scored: 0,
+            rows_rejected: 0,
+            segment_members: Vec::new(),
+            segment_errors: Vec::new(),
+            complete: false,
+        }
+    }
+
+    fn reject(row: u64, column: &str) -> Reject {
+        Reject {
+            row,
+            column: column.into(),
+            reason: "not a number".into(),
+        }
+    }
+
+    /// Chunk `chunk` of 4 rows from row `4 * chunk`, `rejects` set aside.
+    fn chunk(chunk: u64, rejects: Vec<Reject>) -> Scored {
+        let first = 4 * chunk;
+        let ids: Vec<String> = (first..first + 4)
+            .filter(|row| !rejects.iter().any(|r| r.row == *row))
+            .map(|row| format!("C{row}"))
+            .collect();
+        Scored {
+            ordinal: chunk,
+            chunk,
+            rows_read: 4,
+            scores: vec![ModelOutput {
+                scores: vec![0.5; ids.len()],
+                cluster_ids: Vec::new(),
+            }],
+            ids,
+            segments: Vec::new(),
+            rejects,
+        }
+    }
+
+    fn writer(dir: &Path, format: Format) -> PartWriter {
+        PartWriter::new(
+            dir.to_path_buf(),
+            format,
+            columns(),
+            4,
+            progress(format),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_row_with_several_bad_cells_counts_once_and_keeps_a_line_per_cell() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join("out.csv.parts");
+        fs::create_dir(&staging).unwrap();
+        let mut w = writer(&staging, Format::Csv);
+        w.write(chunk(
+            0,
+            vec![reject(1, "frequency"), reject(1, "tenure_days")],
+        ))
+        .unwrap();
+        w.write(chunk(1, vec![reject(4, "frequency"), reject(6, "region")]))
+            .unwrap();
+        w.write(chunk(2, Vec::new())).unwrap();
+        w.commit().unwrap();
+        let p = &w.progress;
+        assert_eq!((p.rows_read, p.rows_scored, p.rows_rejected), (12, 9, 3));
+        assert_eq!(p.parts.iter().map(|p| p.rejects).sum::<u64>(), 3);
+        // The checkpoint on disk (what --resume continues from) agrees.
+        let saved = Progress::load_and_clean(&staging).unwrap().unwrap();
+        assert_eq!(saved.rows_rejected, 3);
+
+        let output = tmp.path().join("out.csv");
+        let rejects = tmp.path().join("out.csv.rejects.csv");
+        assemble(&staging, p, &output, &rejects, &serde_json::Map::new()).unwrap();
+        assert_eq!(
+            fs::read_to_string(&rejects).unwrap(),
+            "row,column,reason\n\
+             1,frequency,not a number\n\
+             1,tenure_days,not a number\n\
+             4,frequency,not a number\n\
+             6,region,not a number\n"
+        );
+    }
 }

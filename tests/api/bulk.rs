@@ -609,3 +609,89 @@ async fn two_servers_share_the_work_and_match_embedded_scoring() {
     one.stop().await.unwrap();
     two.stop().await.unwrap();
 }
+
+/// `<path><suffix>`, e.g. the rejects file or the staging directory.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// `rows` tiled rows where each of `bad_rows` has two bad cells.
+fn with_two_bad_cells(rows: usize, bad_rows: &[usize]) -> String {
+    let text = tiled_csv(rows);
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let header: Vec<String> = lines[0].split(',').map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for &row in bad_rows {
+        let mut cells: Vec<String> = lines[row + 1].split(',').map(String::from).collect();
+        cells[col("frequency")] = "abc".into(); // not a number
+        cells[col("recency_days")] = "99999".into(); // out of range
+        lines[row + 1] = cells.join(",");
+    }
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn rejected_rows_are_counted_once_however_many_cells_are_bad_across_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "in.csv",
+        &with_two_bad_cells(40, &[3, 4, 17, 33]),
+    );
+    // Chunks of 5 rows; a part commits once it holds 10 scored rows, so
+    // parts 0 and 1 hold rows 0-14 (bad: 3, 4) and 15-29 (bad: 17).
+    let opts = ["--batch-rows", "5", "--part-rows", "10"];
+    let whole = dir.path().join("whole.parquet");
+    let out = ok(score(&input, &whole, &opts));
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("read 40 rows: 36 scored, 4 rejected (see "),
+        "{summary}"
+    );
+    let meta = parquet_metadata(&whole);
+    assert_eq!(meta["segscore.rows_read"], "40");
+    assert_eq!(meta["segscore.rows_scored"], "36");
+    assert_eq!(meta["segscore.rows_rejected"], "4");
+    let rejects = std::fs::read_to_string(beside(&whole, ".rejects.csv")).unwrap();
+    assert_eq!(
+        rejects.lines().count(),
+        1 + 8,
+        "a line per bad cell: {rejects}"
+    );
+
+    let resumed = dir.path().join("resumed.parquet");
+    let crashed = score(
+        &input,
+        &resumed,
+        &[&opts[..], &["--fail-after-parts", "2"]].concat(),
+    );
+    assert_eq!(crashed.status.code(), Some(3));
+    let progress: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(beside(&resumed, ".parts").join("progress.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(progress["parts"].as_array().unwrap().len(), 2, "{progress}");
+    assert_eq!(progress["rows_read"], 30, "{progress}");
+    assert_eq!(progress["rows_scored"], 27, "{progress}");
+    assert_eq!(progress["rows_rejected"], 3, "{progress}");
+    assert_eq!(progress["parts"][0]["rejects"], 2, "{progress}");
+    assert_eq!(progress["parts"][1]["rejects"], 1, "{progress}");
+
+    let out = ok(score(
+        &input,
+        &resumed,
+        &[&opts[..], &["--resume"]].concat(),
+    ));
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("read 40 rows: 36 scored, 4 rejected (see "),
+        "{summary}"
+    );
+    assert_eq!(parquet_metadata(&resumed), parquet_metadata(&whole));
+    assert_eq!(
+        std::fs::read_to_string(beside(&resumed, ".rejects.csv")).unwrap(),
+        rejects
+    );
+}
