@@ -14,6 +14,7 @@ use segscore::{
 fn main() -> ExitCode {
     let cli = match config::parse() {
         Ok(cli) => cli,
+        Err(config::ParseError::Usage(e)) => e.exit(),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);

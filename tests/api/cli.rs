@@ -1,5 +1,6 @@
 //! The binary's command line: `segscore score` embedded and remote give
-//! identical files; `make run` listens where ADDR says; one line per error.
+//! identical files; `make run` listens where ADDR says; one line per error;
+//! options come from flags, env vars and the `--config` file in that order.
 
 use std::{
     ffi::OsStr,
@@ -304,4 +305,73 @@ async fn score_takes_a_server_address_without_a_scheme() {
     let scores = std::fs::read_to_string(&output).unwrap();
     assert!(scores.starts_with("customer_id,churn\n"), "{scores}");
     app.stop().await.unwrap();
+}
+
+#[test]
+fn serve_options_come_from_flags_then_env_vars_then_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-repository");
+    let file = dir.path().join("segscore.toml");
+    // Keys that are also flags, one of them from the flattened engine
+    // options; the repository does not exist, so serve stops right after
+    // logging the configuration it would have run with.
+    std::fs::write(
+        &file,
+        format!(
+            "models = {:?}\nmetrics_addr = \"127.0.0.1:9464\"\nworkers = 5\n\
+             max_batch_rows = 100\nqueue_capacity = 10\nsegments = \"rules.toml\"\n",
+            missing.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = segscore(
+        &[
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "serve".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--max-batch-rows".as_ref(),
+            "7".as_ref(),
+        ],
+        &[
+            ("SEGSCORE_WORKERS", "4".as_ref()),
+            ("SEGSCORE_MAX_BATCH_ROWS", "8".as_ref()),
+        ],
+    );
+    let log = stderr(&out);
+    assert!(!out.status.success(), "{log}");
+    let config = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "starting")
+        .unwrap_or_else(|| panic!("no `starting` line: {log}"))["fields"]["config"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (want, from) in [
+        (
+            "max_batch_rows: 7,",
+            "the flag beats the env var and the file",
+        ),
+        ("workers: Some(4),", "the env var beats the file"),
+        ("queue_capacity: 10,", "the file beats the default"),
+        ("metrics_addr: Some(127.0.0.1:9464),", "the file"),
+        ("segments: Some(\"rules.toml\"),", "the file"),
+        ("intra_threads: 1,", "the default"),
+    ] {
+        assert!(config.contains(want), "{want} ({from}) not in {config}");
+    }
+    assert!(log.contains("no-such-repository: not a directory"), "{log}");
+
+    // An unknown key fails before anything starts, naming the key and file.
+    std::fs::write(&file, "metrics_adress = \"127.0.0.1:9464\"\n").unwrap();
+    let out = segscore(
+        &["serve".as_ref(), "--config".as_ref(), file.as_os_str()],
+        &[],
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("unknown option `metrics_adress`"), "{log}");
+    assert!(log.contains(&file.display().to_string()), "{log}");
 }
