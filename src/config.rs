@@ -1,6 +1,7 @@
 //! Command-line and configuration: one clap struct per subcommand, every option
 //! also read from `SEGSCORE_<OPTION>` and from the TOML file of `--config`
-//! (precedence: flag > env > file > default).
+//! (precedence: flag > env > file > default), and the old spellings of the
+//! model repository option, still accepted with a warning.
 
 use std::{
     collections::HashSet,
@@ -89,8 +90,13 @@ pub enum SegmentsCommand {
         /// The rules file (segments.toml).
         file: PathBuf,
         /// Model repository whose features and models the rules may name.
-        #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
-        models: PathBuf,
+        #[arg(
+            long,
+            env = "SEGSCORE_MODEL_REPOSITORY",
+            default_value = "models",
+            value_name = "DIR"
+        )]
+        model_repository: PathBuf,
     },
     /// Segment sizes in a scored CSV file (an id column plus boolean
     /// `segment:<name>` columns) and, with --baseline, their change: size
@@ -177,9 +183,14 @@ impl EngineArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Model repository root: <models>/<name>/<version>/model.toml.
-    #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
-    pub models: PathBuf,
+    /// Model repository root: <DIR>/<name>/<version>/model.toml.
+    #[arg(
+        long,
+        env = "SEGSCORE_MODEL_REPOSITORY",
+        default_value = "models",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
     /// Segment rules file (CEL rules over features and scores; see the
     /// README). Reloaded when it changes; none = no segments.
     #[arg(long, env = "SEGSCORE_SEGMENTS")]
@@ -268,11 +279,11 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// Arguments for tests and embedding: defaults, the given repository,
-    /// an ephemeral port.
-    pub fn for_models(models: impl Into<PathBuf>) -> Self {
+    /// Arguments for tests and embedding: defaults, the given model
+    /// repository, an ephemeral port.
+    pub fn for_models(model_repository: impl Into<PathBuf>) -> Self {
         let mut args = ServeArgs::parse_from_defaults();
-        args.models = models.into();
+        args.model_repository = model_repository.into();
         args.addr = "127.0.0.1:0"
             .parse()
             .expect("literal address; this is a bug");
@@ -318,10 +329,10 @@ impl ServeArgs {
 
     /// Rejects values no server can run with.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.models.is_dir() {
+        if !self.model_repository.is_dir() {
             return Err(format!(
-                "--models {}: not a directory (point it at the model repository)",
-                self.models.display()
+                "--model-repository {}: not a directory (point it at the model repository)",
+                self.model_repository.display()
             ));
         }
         if let Some(file) = self.segments.as_ref().filter(|f| !f.is_file()) {
@@ -413,8 +424,13 @@ pub struct ScoreArgs {
     #[arg(long, hide = true)]
     pub fail_after_parts: Option<usize>,
     /// Model repository for in-process scoring.
-    #[arg(long = "models-dir", env = "SEGSCORE_MODELS", default_value = "models")]
-    pub models_dir: PathBuf,
+    #[arg(
+        long,
+        env = "SEGSCORE_MODEL_REPOSITORY",
+        default_value = "models",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -474,6 +490,82 @@ fn server_url(value: &str) -> Result<String, String> {
     Ok(url)
 }
 
+/// An old spelling of an option, still accepted with a warning. Before
+/// `--model-repository` the repository was `--models` on some subcommands and
+/// `--models-dir` on `score` (where `--models` is the list of models), and
+/// `SEGSCORE_MODELS` meant the directory wherever it was read.
+struct Deprecated {
+    /// The subcommand, e.g. `["segments", "check"]`.
+    path: &'static [&'static str],
+    /// Id of the hidden argument that takes the old spelling.
+    id: &'static str,
+    long: &'static str,
+    env: Option<&'static str>,
+    /// Id of the argument it stands for.
+    replacement: &'static str,
+}
+
+const DEPRECATED: &[Deprecated] = &[
+    Deprecated {
+        path: &["serve"],
+        id: "deprecated_models",
+        long: "models",
+        env: Some("SEGSCORE_MODELS"),
+        replacement: "model_repository",
+    },
+    Deprecated {
+        path: &["score"],
+        id: "deprecated_models_dir",
+        long: "models-dir",
+        env: Some("SEGSCORE_MODELS"),
+        replacement: "model_repository",
+    },
+    Deprecated {
+        path: &["segments", "check"],
+        id: "deprecated_models",
+        long: "models",
+        env: Some("SEGSCORE_MODELS"),
+        replacement: "model_repository",
+    },
+    Deprecated {
+        path: &["train"],
+        id: "deprecated_models",
+        long: "models",
+        env: Some("SEGSCORE_MODELS"),
+        replacement: "model_repository",
+    },
+    Deprecated {
+        path: &["bench"],
+        id: "deprecated_models",
+        long: "models",
+        env: Some("SEGSCORE_MODELS"),
+        replacement: "model_repository",
+    },
+];
+
+/// The command line's definition: the derived [`Cli`] plus a hidden argument
+/// for each [`DEPRECATED`] spelling, so clap parses the old spellings exactly
+/// as it parses the new ones.
+pub fn command() -> clap::Command {
+    fn at(cmd: clap::Command, path: &[&str], arg: Arg) -> clap::Command {
+        match path {
+            [] => cmd.arg(arg),
+            [first, rest @ ..] => cmd.mut_subcommand(first, |sub| at(sub, rest, arg)),
+        }
+    }
+    DEPRECATED.iter().fold(Cli::command(), |cmd, d| {
+        let mut arg = Arg::new(d.id)
+            .long(d.long)
+            .value_name("DIR")
+            .value_parser(clap::value_parser!(PathBuf))
+            .hide(true);
+        if let Some(env) = d.env {
+            arg = arg.env(env);
+        }
+        at(cmd, d.path, arg)
+    })
+}
+
 /// Why the command line could not become a [`Cli`].
 #[derive(Debug)]
 pub enum ParseError {
@@ -503,26 +595,35 @@ fn clap_message(e: &clap::Error) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The parsed command line and the deprecation warnings it earned (each
+/// once), for the caller to print.
+#[derive(Debug)]
+pub struct Parsed {
+    pub cli: Cli,
+    pub warnings: Vec<String>,
+}
+
 /// Parses the process's command line; see [`parse_from`].
-pub fn parse() -> Result<Cli, ParseError> {
+pub fn parse() -> Result<Parsed, ParseError> {
     parse_from(std::env::args_os())
 }
 
 /// Parses a command line (flags, then env vars, through clap), then fills the
-/// options still at their defaults from the `--config` TOML file.
+/// options still at their defaults from the `--config` TOML file, and the
+/// model repository from a deprecated spelling.
 ///
 /// File values are added to the command line as `--key=value` flags and the
 /// whole is parsed again, so they go through the same clap value parsers and
 /// checks as flags (and a required option such as `score --input` may come
 /// from the file). A key is checked against the subcommand's declared options
 /// (flattened and global ones included), whether or not they got a value.
-pub fn parse_from<I, T>(args: I) -> Result<Cli, ParseError>
+pub fn parse_from<I, T>(args: I) -> Result<Parsed, ParseError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let mut cmd = Cli::command();
+    let mut cmd = command();
     cmd.build();
     let full = |argv: &[OsString]| {
         let matches = cmd.clone().try_get_matches_from(argv)?;
@@ -531,11 +632,12 @@ where
     // Lenient first pass: only where the file is, which subcommand runs and
     // where each value came from. Missing required options may be in the
     // file; any other error (and --help) is reported by the full parse.
-    let Ok(first) = Cli::command()
-        .ignore_errors(true)
-        .try_get_matches_from(&args)
-    else {
-        return full(&args).map_err(ParseError::Usage);
+    let Ok(first) = command().ignore_errors(true).try_get_matches_from(&args) else {
+        let cli = full(&args).map_err(ParseError::Usage)?;
+        return Ok(Parsed {
+            cli,
+            warnings: Vec::new(),
+        });
     };
     let mut path = Vec::new();
     let mut matches = &first;
@@ -548,7 +650,7 @@ where
             .expect("clap matched this subcommand; this is a bug");
     }
     // Options set by a flag or an env var: the file does not override them.
-    let set: HashSet<String> = leaf
+    let mut set: HashSet<String> = leaf
         .get_arguments()
         .filter(|a| {
             matches!(
@@ -558,13 +660,53 @@ where
         })
         .map(|a| a.get_id().to_string())
         .collect();
+    let mut warnings = Vec::new();
+    let mut warn = |text: String| {
+        if !warnings.contains(&text) {
+            warnings.push(text);
+        }
+    };
+    let mut added = Vec::new();
+    for d in DEPRECATED.iter().filter(|d| d.path == path) {
+        let source = matches.value_source(d.id);
+        match (source, d.env) {
+            (Some(ValueSource::CommandLine), _) => warn(format!(
+                "`segscore {} --{}` is deprecated; use --{}",
+                path.join(" "),
+                d.long,
+                d.replacement.replace('_', "-")
+            )),
+            (Some(ValueSource::EnvVariable), Some(env)) => warn(format!(
+                "{env} is deprecated; use SEGSCORE_{}",
+                d.replacement.to_uppercase()
+            )),
+            _ => continue,
+        }
+        let replacement_source = matches.value_source(d.replacement);
+        let outranked = match replacement_source {
+            Some(ValueSource::CommandLine) => true,
+            Some(ValueSource::EnvVariable) => source != Some(ValueSource::CommandLine),
+            _ => false,
+        };
+        if !outranked {
+            let value = matches
+                .get_raw(d.id)
+                .into_iter()
+                .flatten()
+                .next()
+                .expect("a deprecated option with a source has a value; this is a bug");
+            added.push(flag(&d.replacement.replace('_', "-"), value));
+        }
+        set.insert(d.replacement.to_owned());
+    }
     let config = first.get_one::<PathBuf>("config");
     let from_file = match config {
-        Some(file) => file_flags(file, leaf, &path, &set)?,
+        Some(file) => file_flags(file, leaf, &path, &set, &mut warn)?,
         None => Vec::new(),
     };
-    if from_file.is_empty() {
-        return full(&args).map_err(ParseError::Usage);
+    if added.is_empty() && from_file.is_empty() {
+        let cli = full(&args).map_err(ParseError::Usage)?;
+        return Ok(Parsed { cli, warnings });
     }
     // Before a `--`, after which everything is positional.
     let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
@@ -574,8 +716,10 @@ where
         argv.extend_from_slice(&args[at..]);
         argv
     };
-    match full(&splice(&from_file)) {
-        Ok(cli) => Ok(cli),
+    let without_file = splice(&added);
+    added.extend(from_file);
+    match full(&splice(&added)) {
+        Ok(cli) => Ok(Parsed { cli, warnings }),
         // A required option neither given nor in the file is a usage error.
         Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
             Err(ParseError::Usage(e))
@@ -590,7 +734,7 @@ where
                     e.get(ContextKind::InvalidValue).map(ToString::to_string),
                 )
             };
-            match full(&args) {
+            match full(&without_file) {
                 Err(without) if what(&without) == what(&e) => Err(ParseError::Usage(e)),
                 _ => Err(ParseError::Config(format!(
                     "--config {}: {}",
@@ -615,6 +759,7 @@ fn file_flags(
     leaf: &clap::Command,
     path: &[String],
     set: &HashSet<String>,
+    warn: &mut dyn FnMut(String),
 ) -> Result<Vec<OsString>, ParseError> {
     let fail = |what: String| ParseError::Config(format!("--config {}: {what}", file.display()));
     let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
@@ -636,13 +781,27 @@ fn file_flags(
                 && id != "config"
                 && (a.get_long() == Some(kebab.as_str()) || id == key.replace('-', "_"))
         });
-        let Some(arg) = found else {
+        let Some(mut arg) = found else {
             return Err(fail(format!(
                 "unknown option `{key}` for `segscore {}` (keys are its long options: `segscore {} --help`)",
                 path.join(" "),
                 path.join(" ")
             )));
         };
+        if let Some(d) = DEPRECATED
+            .iter()
+            .find(|d| d.path == path && d.id == arg.get_id().as_str())
+        {
+            warn(format!(
+                "--config {}: `{key}` is deprecated; use `{}`",
+                file.display(),
+                d.replacement
+            ));
+            arg = leaf
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == d.replacement)
+                .expect("a deprecated option's replacement exists; this is a bug");
+        }
         let id = arg.get_id().as_str();
         if set.contains(id) {
             continue;
@@ -712,20 +871,22 @@ mod tests {
         (dir, path)
     }
 
-    fn parse_args(args: &[&str]) -> Result<Cli, ParseError> {
+    fn parse_args(args: &[&str]) -> Result<Parsed, ParseError> {
         parse_from(std::iter::once("segscore").chain(args.iter().copied()))
     }
 
-    fn serve(args: &[&str]) -> ServeArgs {
-        match parse_args(&[&["serve"], args].concat()).unwrap().command {
-            Command::Serve(serve) => serve,
+    fn serve(args: &[&str]) -> (ServeArgs, Vec<String>) {
+        let parsed = parse_args(&[&["serve"], args].concat()).unwrap();
+        match parsed.cli.command {
+            Command::Serve(serve) => (serve, parsed.warnings),
             other => panic!("not serve: {other:?}"),
         }
     }
 
-    fn score(args: &[&str]) -> ScoreArgs {
-        match parse_args(&[&["score"], args].concat()).unwrap().command {
-            Command::Score(score) => score,
+    fn score(args: &[&str]) -> (ScoreArgs, Vec<String>) {
+        let parsed = parse_args(&[&["score"], args].concat()).unwrap();
+        match parsed.cli.command {
+            Command::Score(score) => (score, parsed.warnings),
             other => panic!("not score: {other:?}"),
         }
     }
@@ -751,8 +912,8 @@ mod tests {
             "#,
         );
         let parsed = parse_args(&["serve", "--config", file.to_str().unwrap()]).unwrap();
-        assert_eq!(parsed.log_format, LogFormat::Json);
-        let Command::Serve(args) = parsed.command else {
+        assert_eq!(parsed.cli.log_format, LogFormat::Json);
+        let Command::Serve(args) = parsed.cli.command else {
             panic!("not serve")
         };
         assert_eq!(args.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
@@ -763,20 +924,20 @@ mod tests {
         assert_eq!(args.auth_tokens.len(), 2);
         // Untouched options keep their defaults.
         assert_eq!(args.engine.intra_threads, 1);
-        assert_eq!(args.models, PathBuf::from("models"));
+        assert_eq!(args.model_repository, PathBuf::from("models"));
     }
 
     #[test]
     fn a_flag_beats_the_file_and_the_file_beats_the_default() {
         let (_dir, file) = config_file("workers = 5\naddr = \"127.0.0.1:7000\"\n");
         let file = file.to_str().unwrap();
-        let args = serve(&["--workers", "2", "--config", file]);
+        let (args, _) = serve(&["--workers", "2", "--config", file]);
         assert_eq!(args.engine.workers, Some(2));
         assert_eq!(args.addr, "127.0.0.1:7000".parse().unwrap());
         // Global, so it may also come after the subcommand's own flags or
         // before the subcommand.
         let parsed = parse_args(&["--config", file, "serve"]).unwrap();
-        let Command::Serve(args) = parsed.command else {
+        let Command::Serve(args) = parsed.cli.command else {
             panic!("not serve")
         };
         assert_eq!(args.engine.workers, Some(5));
@@ -792,10 +953,11 @@ mod tests {
             addr = ["127.0.0.1:50051", "http://10.0.0.2:50051"]
             resume = true
             strict = false
-            models_dir = "repo"
+            model_repository = "repo"
             "#,
         );
-        let args = score(&["--config", file.to_str().unwrap()]);
+        let (args, warnings) = score(&["--config", file.to_str().unwrap()]);
+        assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(args.input, PathBuf::from("in.parquet"));
         assert_eq!(args.models, ["churn:1", "ltv"]);
         assert_eq!(
@@ -804,30 +966,30 @@ mod tests {
         );
         assert!(args.resume);
         assert!(!args.strict);
-        assert_eq!(args.models_dir, PathBuf::from("repo"));
+        assert_eq!(args.model_repository, PathBuf::from("repo"));
         // A list on the command line replaces the file's, not adds to it.
-        let args = score(&["--config", file.to_str().unwrap(), "--models", "churn"]);
+        let (args, _) = score(&["--config", file.to_str().unwrap(), "--models", "churn"]);
         assert_eq!(args.models, ["churn"]);
     }
 
     #[test]
     fn every_subcommand_with_options_reads_the_file() {
-        let (_dir, file) = config_file("models = \"repo\"\n");
+        let (_dir, file) = config_file("model_repository = \"repo\"\n");
         let file = file.to_str().unwrap();
         let parsed = parse_args(&["segments", "check", "rules.toml", "--config", file]).unwrap();
         assert!(matches!(
-            parsed.command,
-            Command::Segments(SegmentsCommand::Check { models, .. })
-                if models == Path::new("repo")
+            parsed.cli.command,
+            Command::Segments(SegmentsCommand::Check { model_repository, .. })
+                if model_repository == Path::new("repo")
         ));
         let (_dir, train) = config_file(
-            "train = \"t.csv\"\nvalid = \"v.csv\"\nname = \"churn\"\nversion = 3\nmodels = \"repo\"\n",
+            "train = \"t.csv\"\nvalid = \"v.csv\"\nname = \"churn\"\nversion = 3\nmodel_repository = \"repo\"\n",
         );
         let parsed = parse_args(&["train", "--config", train.to_str().unwrap()]).unwrap();
-        let Command::Train(args) = parsed.command else {
+        let Command::Train(args) = parsed.cli.command else {
             panic!("not train")
         };
-        assert_eq!((args.version, args.models), (3, "repo".into()));
+        assert_eq!((args.version, args.model_repository), (3, "repo".into()));
         let (_dir, validate) = config_file("workers = 1\n");
         let parsed = parse_args(&[
             "models",
@@ -838,7 +1000,7 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(
-            parsed.command,
+            parsed.cli.command,
             Command::Models(ModelsCommand::Validate { engine, .. }) if engine.workers == Some(1)
         ));
     }
@@ -910,6 +1072,76 @@ mod tests {
     }
 
     #[test]
+    fn old_spellings_of_the_model_repository_still_work_with_one_warning() {
+        let (args, warnings) = serve(&["--models", "old"]);
+        assert_eq!(args.model_repository, PathBuf::from("old"));
+        assert_eq!(
+            warnings,
+            ["`segscore serve --models` is deprecated; use --model-repository"]
+        );
+        let (args, warnings) = score(&[
+            "--input",
+            "i.csv",
+            "--output",
+            "o.csv",
+            "--models-dir",
+            "old",
+        ]);
+        assert_eq!(args.model_repository, PathBuf::from("old"));
+        assert!(
+            args.models.is_empty(),
+            "--models-dir is not a list of models"
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        // On score `--models` is the list of models, not deprecated.
+        let (args, warnings) =
+            score(&["--input", "i.csv", "--output", "o.csv", "--models", "churn"]);
+        assert_eq!(args.models, ["churn"]);
+        assert_eq!(args.model_repository, PathBuf::from("models"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let parsed = parse_args(&["segments", "check", "rules.toml", "--models", "old"]).unwrap();
+        assert_eq!(parsed.warnings.len(), 1);
+        assert!(matches!(
+            parsed.cli.command,
+            Command::Segments(SegmentsCommand::Check { model_repository, .. })
+                if model_repository == Path::new("old")
+        ));
+        let parsed = parse_args(&[
+            "train",
+            "--train",
+            "t.csv",
+            "--valid",
+            "v.csv",
+            "--name",
+            "churn",
+            "--version",
+            "1",
+            "--models",
+            "old",
+        ])
+        .unwrap();
+        let Command::Train(args) = parsed.cli.command else {
+            panic!("not train")
+        };
+        assert_eq!(args.model_repository, PathBuf::from("old"));
+        // The new spelling wins over the old one.
+        let (args, _) = serve(&["--models", "old", "--model-repository", "new"]);
+        assert_eq!(args.model_repository, PathBuf::from("new"));
+        // The file's old key, too, and a flag still beats it.
+        let (_dir, file) = config_file("models = \"old\"\n");
+        let file = file.to_str().unwrap();
+        let (args, warnings) = serve(&["--config", file]);
+        assert_eq!(args.model_repository, PathBuf::from("old"));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("`models` is deprecated"),
+            "{warnings:?}"
+        );
+        let (args, _) = serve(&["--config", file, "--model-repository", "new"]);
+        assert_eq!(args.model_repository, PathBuf::from("new"));
+    }
+
+    #[test]
     fn every_option_reads_an_env_var() {
         fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
             for arg in cmd.get_arguments() {
@@ -922,7 +1154,7 @@ mod tests {
             }
         }
         let mut missing = Vec::new();
-        walk(&Cli::command(), "segscore", &mut missing);
+        walk(&command(), "segscore", &mut missing);
         assert!(
             missing.is_empty(),
             "options without an env var: {missing:?}"

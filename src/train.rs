@@ -69,15 +69,20 @@ pub struct TrainArgs {
     /// Seed of K-Means++ initialisation (same seed, same clusters).
     #[arg(long, env = "SEGSCORE_SEED", default_value_t = 20261123)]
     pub seed: u64,
-    /// Model name (directory under --models).
+    /// Model name (directory under --model-repository).
     #[arg(long, env = "SEGSCORE_TRAIN_NAME")]
     pub name: String,
     /// Version to write (directory under the model's).
     #[arg(long, env = "SEGSCORE_TRAIN_VERSION")]
     pub version: u64,
-    /// Model repository root.
-    #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
-    pub models: PathBuf,
+    /// Model repository root to write the version into.
+    #[arg(
+        long,
+        env = "SEGSCORE_MODEL_REPOSITORY",
+        default_value = "models",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
     /// L2 penalty of the logistic regression (0 = unregularised).
     #[arg(long, env = "SEGSCORE_ALPHA", default_value_t = 1.0)]
     pub alpha: f64,
@@ -163,7 +168,10 @@ fn read_specs(args: &TrainArgs) -> anyhow::Result<Vec<FeatureSpec>> {
 
 /// The version directory, emptied (with --force) and created.
 fn version_dir(args: &TrainArgs) -> anyhow::Result<PathBuf> {
-    let dir = args.models.join(&args.name).join(args.version.to_string());
+    let dir = args
+        .model_repository
+        .join(&args.name)
+        .join(args.version.to_string());
     if dir.exists() {
         if !args.force {
             bail!("{} exists; pass --force to replace it", dir.display());

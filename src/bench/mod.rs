@@ -45,8 +45,13 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Model repository to benchmark (its ONNX models).
-    #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
-    pub models: PathBuf,
+    #[arg(
+        long,
+        env = "SEGSCORE_MODEL_REPOSITORY",
+        default_value = "models",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
     /// Feature rows to score (CSV with the models' features).
     #[arg(
         long,
@@ -136,9 +141,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
     let workers = args
         .workers
         .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()));
-    let models = onnx_models(&args.models)?;
+    let models = onnx_models(&args.model_repository)?;
     if models.is_empty() {
-        bail!("{}: no ONNX model to benchmark", args.models.display());
+        bail!(
+            "{}: no ONNX model to benchmark",
+            args.model_repository.display()
+        );
     }
     if let Some(input) = &args.bulk_input {
         bulk::run(&args, input, &models, workers).await?;
@@ -208,7 +216,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
     if args.segments.is_file() {
         let file = crate::segments::RulesFile::read(&args.segments)?;
         let names: Vec<String> = file.segments.iter().map(|s| s.name.clone()).collect();
-        let all_models: Vec<String> = scan(&args.models)?.into_keys().collect();
+        let all_models: Vec<String> = scan(&args.model_repository)?.into_keys().collect();
         let server = Server::start_with(&args, workers, true, Some(&args.segments))?;
         let mut without = None;
         for segments in [Vec::new(), names] {
@@ -437,8 +445,8 @@ impl Server {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
-            .arg("--models")
-            .arg(&args.models)
+            .arg("--model-repository")
+            .arg(&args.model_repository)
             .arg("--workers")
             .arg(workers.to_string())
             .arg("--batching")
@@ -712,7 +720,7 @@ async fn segment_eval_cost(
         .score(request.clone())
         .await?
         .into_inner();
-    let catalog = Catalog::from_directory(&args.models)?;
+    let catalog = Catalog::from_directory(&args.model_repository)?;
     let segments = Segments::compile(file, &catalog, None);
     let batch = crate::features::FeatureBatch::try_from(
         request.features.context("the bench request has features")?,
