@@ -79,4 +79,4 @@ USER 10001:10001
 RUN ["segscore", "models", "validate", "/models", "--workers", "1", "--latency-budget-ms", "10000"]
 EXPOSE 50051
 ENTRYPOINT ["segscore"]
-CMD ["serve", "--models", "/models", "--addr", "0.0.0.0:50051"]
+CMD ["serve", "--model-repository", "/models", "--addr", "0.0.0.0:50051"]

@@ -38,7 +38,7 @@ build: venv
 	$(CARGO) build --release --locked
 
 run: build
-	$(BIN) serve --models models --segments segments.toml --addr $(ADDR)
+	$(BIN) serve --model-repository models --segments segments.toml --addr $(ADDR)
 
 test: venv lint
 	$(VENV)/bin/python -m pytest training/tests -q
@@ -98,16 +98,16 @@ validate: build
 
 # Regenerates data, features and every shipped model (same seed, same models).
 models: build
-	$(VENV)/bin/python training/pipeline.py --customers $(CUSTOMERS) --seed $(SEED) --workdir training/out --models models
+	$(VENV)/bin/python training/pipeline.py --customers $(CUSTOMERS) --seed $(SEED) --workdir training/out --model-repository models
 	$(BIN) train --train training/out/features_train.csv --valid training/out/features_valid.csv \
-		--schema training/features.toml --label churned --name churn --version 1 --models models --force
+		--schema training/features.toml --label churned --name churn --version 1 --model-repository models --force
 	$(BIN) train --train training/out/features_train.csv --valid training/out/features_valid.csv \
-		--schema training/features.toml --label purchase_30d --name propensity --version 1 --models models --force
+		--schema training/features.toml --label purchase_30d --name propensity --version 1 --model-repository models --force
 	# Behavioural clusters: K-Means on the standardised RFM and engagement features.
 	$(BIN) train --task clustering --clusters 5 --train training/out/features_train.csv \
 		--valid training/out/features_valid.csv --schema training/features.toml \
 		--features recency_days,frequency,monetary_mean,purchases_90d,sessions_7d,cart_adds_7d,checkout_visits_7d,email_engagement \
-		--name clusters --version 1 --models models --force
+		--name clusters --version 1 --model-repository models --force
 	$(BIN) models validate models
 
 clean:

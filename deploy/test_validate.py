@@ -356,8 +356,8 @@ def test_kubernetes_versions_are_bundled():
 # --- flags and env vars against the binary's --help ---------------------------
 
 HELP = {
-    "serve": ["--models", "--addr", "--workers", "--shutdown-timeout-secs", "--log-format", "--metrics-addr"],
-    "score": ["--input", "--output", "--models-dir", "--workers", "--log-format", "--shard", "--resume"],
+    "serve": ["--model-repository", "--addr", "--workers", "--shutdown-timeout-secs", "--log-format", "--metrics-addr"],
+    "score": ["--input", "--output", "--model-repository", "--workers", "--log-format", "--shard", "--resume"],
     "models validate": ["--workers", "--latency-budget-ms", "--log-format"],
 }
 ENVS = {"serve": ["ORT_DYLIB_PATH"], "score": ["ORT_DYLIB_PATH"], "models validate": ["ORT_DYLIB_PATH"]}
@@ -393,9 +393,9 @@ def test_unknown_flag_is_reported(repo, tmp_path):
 
 
 def test_unknown_flag_in_the_job_script_is_reported(repo, tmp_path):
-    edit_text(repo / "deploy/k8s/bulk-score-job.yaml", "--models-dir /models", "--model-dir /models")
+    edit_text(repo / "deploy/k8s/bulk-score-job.yaml", "--model-repository /models", "--model-repo /models")
     binary = fake_binary(tmp_path)
-    assert_reported(errors_of(repo, binary), "bulk-score-job.yaml", "no flag --model-dir")
+    assert_reported(errors_of(repo, binary), "bulk-score-job.yaml", "no flag --model-repo")
 
 
 def test_unknown_env_var_is_reported(repo, tmp_path):

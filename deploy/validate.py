@@ -323,8 +323,8 @@ def check_dockerfile(root: Path, report: Report) -> dict:
         if inv.command != ("serve",):
             report.error(where, "CMD must run `serve`")
         check_addr(inv, report)
-        if inv.value("--models") != "/models":
-            report.error(where, "CMD must serve --models /models (where the image's models are)")
+        if inv.value("--model-repository") != "/models":
+            report.error(where, "CMD must serve --model-repository /models (where the image's models are)")
     if not any(i.cmd == "COPY" and not i.flags and i.value[0] == "models" and i.value[-1].rstrip("/") == "/models" for i in final.instructions):
         report.error(where, "the runtime stage must COPY models /models")
     for i in final.instructions:
@@ -599,12 +599,12 @@ def check_k8s(root: Path, facts: dict, report: Report) -> None:
         where, container, inv = serving[0]
         serving_container = container
         check_serving_container(where, container, inv, report, probes=True)
-        models = inv.value("--models")
+        models = inv.value("--model-repository")
         mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts", []) or []}
         volumes = {v["name"]: v for v in pod.get("volumes", []) or []}
         volume = volumes.get(mounts.get((models or "").rstrip("/"), ""))
         if volume is None or not ({"persistentVolumeClaim", "configMap"} & set(volume)):
-            report.error(where, f"--models {models} is not a PersistentVolumeClaim or ConfigMap volume mount")
+            report.error(where, f"--model-repository {models} is not a PersistentVolumeClaim or ConfigMap volume mount")
         pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
         grace = pod.get("terminationGracePeriodSeconds", 30)
         needed = shutdown_timeout(inv) + pre_stop
@@ -825,8 +825,8 @@ def check_runtime(rel: str, runtime: dict, facts: dict, report: Report) -> None:
         report.error(where, "must run `segscore serve`")
         return
     check_serving_container(where, container, serve[0], report, probes=False)
-    if serve[0].value("--models") != "/mnt/models":
-        report.error(where, "--models must be /mnt/models, where KServe mounts the storageUri")
+    if serve[0].value("--model-repository") != "/mnt/models":
+        report.error(where, "--model-repository must be /mnt/models, where KServe mounts the storageUri")
     if not any(p.get("name") == "h2c" and p.get("containerPort") == SERVICE_PORT for p in container.get("ports", [])):
         report.error(where, f"needs a port named h2c on {SERVICE_PORT}: that name tells KServe the port speaks gRPC")
     sc = container.get("securityContext") or {}

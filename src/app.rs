@@ -74,11 +74,16 @@ impl Application {
         tokio::task::spawn_blocking(move || onnx::init_runtime(ort_path.as_deref()).map(|_| ()))
             .await
             .context("ONNX Runtime init task")??;
-        let root = config.models.clone();
+        let root = config.model_repository.clone();
         let repository = tokio::task::spawn_blocking(move || Repository::load(&root, &engine))
             .await
             .context("repository load task")?
-            .with_context(|| format!("reading the model repository {}", config.models.display()))?;
+            .with_context(|| {
+                format!(
+                    "reading the model repository {}",
+                    config.model_repository.display()
+                )
+            })?;
         // A rules file that cannot be read or parsed fails start-up; a bad
         // rule only refuses its segment.
         let rules = match &config.segments {
@@ -169,7 +174,7 @@ impl Application {
         if let Some(interval) = self.config.watch_interval() {
             background.push(tokio::spawn(watch_task(
                 lifecycle.clone(),
-                self.config.models.clone(),
+                self.config.model_repository.clone(),
                 interval,
             )));
         }

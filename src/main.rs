@@ -13,7 +13,13 @@ use segscore::{
 
 fn main() -> ExitCode {
     let cli = match config::parse() {
-        Ok(cli) => cli,
+        Ok(parsed) => {
+            for warning in &parsed.warnings {
+                eprintln!("warning: {warning}");
+            }
+            parsed.cli
+        }
+        Err(config::ParseError::Usage(e)) => e.exit(),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -205,10 +211,16 @@ fn previous_valid_version(
 /// `segscore segments check|stats`.
 fn run_segments(command: SegmentsCommand) -> anyhow::Result<()> {
     match command {
-        SegmentsCommand::Check { file, models } => {
+        SegmentsCommand::Check {
+            file,
+            model_repository,
+        } => {
             let rules = segments::RulesFile::read(&file)?;
-            let catalog = segments::Catalog::from_directory(&models).map_err(|e| {
-                anyhow::anyhow!("reading the model repository {}: {e}", models.display())
+            let catalog = segments::Catalog::from_directory(&model_repository).map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the model repository {}: {e}",
+                    model_repository.display()
+                )
             })?;
             let compiled =
                 segments::Segments::compile(&rules, &catalog, Some(file.display().to_string()));

@@ -41,46 +41,56 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Training rows: customer_id, the schema's features, the label column.
-    #[arg(long)]
+    #[arg(long, env = "SEGSCORE_TRAIN")]
     pub train: PathBuf,
     /// Validation rows (no customer shared with --train): metrics and golden set.
-    #[arg(long)]
+    #[arg(long, env = "SEGSCORE_VALID")]
     pub valid: PathBuf,
     /// The feature schema ([[features]] list), e.g. training/features.toml.
-    #[arg(long, default_value = "training/features.toml")]
+    #[arg(
+        long,
+        env = "SEGSCORE_SCHEMA",
+        default_value = "training/features.toml"
+    )]
     pub schema: PathBuf,
     /// What to fit: a logistic regression on `--label`, or K-Means clusters.
-    #[arg(long, value_enum, default_value_t = TrainTask::BinaryClassification)]
+    #[arg(long, env = "SEGSCORE_TASK", value_enum, default_value_t = TrainTask::BinaryClassification)]
     pub task: TrainTask,
     /// Binary label column (0/1); required for binary_classification.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "SEGSCORE_LABEL", default_value = "")]
     pub label: String,
     /// Clustering: number of clusters.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "SEGSCORE_CLUSTERS", default_value_t = 5)]
     pub clusters: usize,
     /// Features the model uses, comma-separated, in this order (default: every
     /// feature of --schema).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "SEGSCORE_FEATURES", value_delimiter = ',')]
     pub features: Vec<String>,
     /// Seed of K-Means++ initialisation (same seed, same clusters).
-    #[arg(long, default_value_t = 20261123)]
+    #[arg(long, env = "SEGSCORE_SEED", default_value_t = 20261123)]
     pub seed: u64,
-    /// Model name (directory under --models).
-    #[arg(long)]
+    /// Model name (directory under --model-repository).
+    #[arg(long, env = "SEGSCORE_TRAIN_NAME")]
     pub name: String,
-    #[arg(long)]
+    /// Version to write (directory under the model's).
+    #[arg(long, env = "SEGSCORE_TRAIN_VERSION")]
     pub version: u64,
-    /// Model repository root.
-    #[arg(long, default_value = "models")]
-    pub models: PathBuf,
+    /// Model repository root to write the version into.
+    #[arg(
+        long,
+        env = "SEGSCORE_MODEL_REPOSITORY",
+        default_value = "models",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
     /// L2 penalty of the logistic regression (0 = unregularised).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "SEGSCORE_ALPHA", default_value_t = 1.0)]
     pub alpha: f64,
     /// Validation rows copied into golden.csv with their expected scores.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "SEGSCORE_GOLDEN_ROWS", default_value_t = 200)]
     pub golden_rows: usize,
     /// Replace an existing version directory.
-    #[arg(long)]
+    #[arg(long, env = "SEGSCORE_TRAIN_FORCE")]
     pub force: bool,
 }
 
@@ -158,7 +168,10 @@ fn read_specs(args: &TrainArgs) -> anyhow::Result<Vec<FeatureSpec>> {
 
 /// The version directory, emptied (with --force) and created.
 fn version_dir(args: &TrainArgs) -> anyhow::Result<PathBuf> {
-    let dir = args.models.join(&args.name).join(args.version.to_string());
+    let dir = args
+        .model_repository
+        .join(&args.name)
+        .join(args.version.to_string());
     if dir.exists() {
         if !args.force {
             bail!("{} exists; pass --force to replace it", dir.display());

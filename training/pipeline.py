@@ -2,15 +2,15 @@
 """segscore training pipeline: generate -> features -> split -> train -> export.
 
     python training/pipeline.py --customers 50000 --seed 20261123 \\
-        --workdir training/out --models models
+        --workdir training/out --model-repository models
 
 writes
     <workdir>/events.parquet, <workdir>/customers.csv     raw synthetic data
     <workdir>/features_train.csv, features_valid.csv      features + labels (missing = empty)
     <workdir>/summary.json                                 metrics of every model
-    <models>/churn/2/        GradientBoostingClassifier, target churned
-    <models>/propensity/2/   chosen on an inner split (boosting vs logistic), target purchase_30d
-    <models>/ltv/1/          GradientBoostingRegressor (log1p target baked into the graph)
+    <repository>/churn/2/        GradientBoostingClassifier, target churned
+    <repository>/propensity/2/   chosen on an inner split (boosting vs logistic), target purchase_30d
+    <repository>/ltv/1/          GradientBoostingRegressor (log1p target baked into the graph)
     <samples>/sample_users.csv, sample_users_purchases_only.csv
 
 Same seed -> same data, metrics and model.onnx bytes. Only `trained_at` in the
@@ -344,18 +344,29 @@ def print_summary(s: dict) -> None:
     print(f"  propensity picked {p['picked']}, ltv picked {l['picked']}; pipeline {s['seconds']}s")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--workdir", default=str(HERE / "out"))
-    ap.add_argument("--models", default=str(HERE.parent / "models"))
+    ap.add_argument("--model-repository", default=str(HERE.parent / "models"),
+                    help="the model repository to write the new versions into")
+    # The old spelling: `--models` is only ever a list of models elsewhere.
+    ap.add_argument("--models", dest="deprecated_models", help=argparse.SUPPRESS)
     ap.add_argument("--samples", default=str(HERE), help="where sample_users*.csv go ('-' = skip)")
     ap.add_argument("--cutoff", default=DEFAULT_CUTOFF)
     ap.add_argument("--events-format", choices=["parquet", "csv"], default="parquet")
     args = ap.parse_args(argv)
+    if args.deprecated_models is not None:
+        print("warning: --models is deprecated; use --model-repository", file=sys.stderr)
+        args.model_repository = args.deprecated_models
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     s = run(
-        customers=args.customers, seed=args.seed, workdir=args.workdir, models=args.models,
+        customers=args.customers, seed=args.seed, workdir=args.workdir, models=args.model_repository,
         samples=None if args.samples == "-" else args.samples, cutoff=args.cutoff,
         events_format=args.events_format,
     )

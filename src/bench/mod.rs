@@ -45,35 +45,44 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Model repository to benchmark (its ONNX models).
-    #[arg(long, env = "SEGSCORE_MODELS", default_value = "models")]
-    pub models: PathBuf,
+    #[arg(
+        long,
+        env = "SEGSCORE_MODEL_REPOSITORY",
+        default_value = "models",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
     /// Feature rows to score (CSV with the models' features).
-    #[arg(long, default_value = "training/sample_users.csv")]
+    #[arg(
+        long,
+        env = "SEGSCORE_BENCH_INPUT",
+        default_value = "training/sample_users.csv"
+    )]
     pub input: PathBuf,
     /// The model the service cases (b, c) call.
-    #[arg(long, default_value = "churn")]
+    #[arg(long, env = "SEGSCORE_SERVICE_MODEL", default_value = "churn")]
     pub service_model: String,
     /// Seconds each case runs (after a short warm-up).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, env = "SEGSCORE_BENCH_SECONDS", default_value_t = 2.0)]
     pub seconds: f64,
     /// Worker threads for in-process ORT and for the server (default: cores).
-    #[arg(long)]
+    #[arg(long, env = "SEGSCORE_WORKERS")]
     pub workers: Option<usize>,
     /// Rows per request for the service cases.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 1024])]
+    #[arg(long, env = "SEGSCORE_SERVICE_ROWS", value_delimiter = ',', default_values_t = [1, 64, 1024])]
     pub service_rows: Vec<usize>,
     /// Concurrent callers for the service cases.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    #[arg(long, env = "SEGSCORE_CONCURRENCY", value_delimiter = ',', default_values_t = [1, 16, 64])]
     pub concurrency: Vec<usize>,
     /// Client connections the load generator spreads its callers over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "SEGSCORE_CONNECTIONS", default_value_t = 4)]
     pub connections: usize,
     /// Write the Markdown report here.
-    #[arg(long, default_value = "BENCHMARKS.md")]
+    #[arg(long, env = "SEGSCORE_BENCH_OUTPUT", default_value = "BENCHMARKS.md")]
     pub output: PathBuf,
     /// Segment rules for case (d): Score at 1,024 rows over every model with
     /// and without all the file's segments (skipped if the file is absent).
-    #[arg(long, default_value = "segments.toml")]
+    #[arg(long, env = "SEGSCORE_SEGMENTS", default_value = "segments.toml")]
     pub segments: PathBuf,
     /// Path to libonnxruntime.so (default: searched in .venv).
     #[arg(long, env = "ORT_DYLIB_PATH")]
@@ -82,10 +91,10 @@ pub struct BenchArgs {
     /// in-process ORT on every row with each shipped ONNX model, then
     /// `segscore score` on the same file embedded and against one local
     /// server; adds a "Bulk scoring" section to --output.
-    #[arg(long)]
+    #[arg(long, env = "SEGSCORE_BULK_INPUT")]
     pub bulk_input: Option<PathBuf>,
     /// Rows per chunk in the bulk suite (in-process calls and --batch-rows).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, env = "SEGSCORE_BULK_BATCH_ROWS", default_value_t = 8192)]
     pub bulk_batch_rows: usize,
 }
 
@@ -132,9 +141,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
     let workers = args
         .workers
         .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()));
-    let models = onnx_models(&args.models)?;
+    let models = onnx_models(&args.model_repository)?;
     if models.is_empty() {
-        bail!("{}: no ONNX model to benchmark", args.models.display());
+        bail!(
+            "{}: no ONNX model to benchmark",
+            args.model_repository.display()
+        );
     }
     if let Some(input) = &args.bulk_input {
         bulk::run(&args, input, &models, workers).await?;
@@ -204,7 +216,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<CaseResult>> {
     if args.segments.is_file() {
         let file = crate::segments::RulesFile::read(&args.segments)?;
         let names: Vec<String> = file.segments.iter().map(|s| s.name.clone()).collect();
-        let all_models: Vec<String> = scan(&args.models)?.into_keys().collect();
+        let all_models: Vec<String> = scan(&args.model_repository)?.into_keys().collect();
         let server = Server::start_with(&args, workers, true, Some(&args.segments))?;
         let mut without = None;
         for segments in [Vec::new(), names] {
@@ -433,8 +445,8 @@ impl Server {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
-            .arg("--models")
-            .arg(&args.models)
+            .arg("--model-repository")
+            .arg(&args.model_repository)
             .arg("--workers")
             .arg(workers.to_string())
             .arg("--batching")
@@ -708,7 +720,7 @@ async fn segment_eval_cost(
         .score(request.clone())
         .await?
         .into_inner();
-    let catalog = Catalog::from_directory(&args.models)?;
+    let catalog = Catalog::from_directory(&args.model_repository)?;
     let segments = Segments::compile(file, &catalog, None);
     let batch = crate::features::FeatureBatch::try_from(
         request.features.context("the bench request has features")?,

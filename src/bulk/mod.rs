@@ -802,10 +802,10 @@ async fn embedded(
     segment_names: &[String],
 ) -> anyhow::Result<(Scorer, Vec<Selected>)> {
     let engine = args.engine.engine_config();
-    let root = args.models_dir.clone();
+    let root = args.model_repository.clone();
     let repository = tokio::task::spawn_blocking(move || Repository::load(&root, &engine))
         .await?
-        .with_context(|| format!("reading {}", args.models_dir.display()))?;
+        .with_context(|| format!("reading {}", args.model_repository.display()))?;
     let segments = if segment_names.is_empty() {
         Segments::default()
     } else {

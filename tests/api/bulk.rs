@@ -149,7 +149,7 @@ fn score(input: &Path, output: &Path, extra: &[&str]) -> Output {
         .arg(input)
         .arg("--output")
         .arg(output)
-        .arg("--models-dir")
+        .arg("--model-repository")
         .arg(shipped_models())
         .args(["--models", "churn,ltv,propensity", "--workers", "1"])
         .args(extra)

@@ -1,8 +1,11 @@
 //! The binary's command line: `segscore score` embedded and remote give
-//! identical files; `make run` listens where ADDR says; one line per error.
+//! identical files; `make run` listens where ADDR says; one line per error;
+//! options come from flags, env vars and the `--config` file in that order;
+//! one spelling for the model repository.
 
 use std::{
     ffi::OsStr,
+    path::Path,
     process::{Command, Output},
 };
 
@@ -21,7 +24,7 @@ async fn embedded_and_remote_scoring_write_identical_outputs() {
             .arg(sample_users())
             .arg("--output")
             .arg(&path)
-            .arg("--models-dir")
+            .arg("--model-repository")
             .arg(shipped_models())
             .args(["--batch-rows", "300"])
             .args(extra)
@@ -105,7 +108,7 @@ async fn segments_columns_are_the_same_embedded_and_remote_and_match_score() {
             .arg(sample_users())
             .arg("--output")
             .arg(&path)
-            .arg("--models-dir")
+            .arg("--model-repository")
             .arg(shipped_models())
             .arg("--segments-file")
             .arg(&rules)
@@ -234,6 +237,10 @@ fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
     text.lines().filter(|l| l.contains(needle)).collect()
 }
 
+fn shipped_segments() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("segments.toml")
+}
+
 #[test]
 fn make_run_listens_where_addr_says() {
     let dry_run = |extra: &[&str]| {
@@ -263,13 +270,13 @@ fn make_run_listens_where_addr_says() {
 
 #[test]
 fn an_error_is_printed_once_on_one_line() {
-    let args = ["serve", "--models", "/no-such-repository"];
+    let args = ["serve", "--model-repository", "/no-such-repository"];
     let out = segscore(&args, &[]);
     let log = stderr(&out);
     assert!(!out.status.success());
     assert_eq!(
         lines_with(&log, "not a directory"),
-        ["error: --models /no-such-repository: not a directory (point it at the model repository)"],
+        ["error: --model-repository /no-such-repository: not a directory (point it at the model repository)"],
         "{log}"
     );
     // With JSON logs the one line is a JSON event, for log shippers.
@@ -304,4 +311,134 @@ async fn score_takes_a_server_address_without_a_scheme() {
     let scores = std::fs::read_to_string(&output).unwrap();
     assert!(scores.starts_with("customer_id,churn\n"), "{scores}");
     app.stop().await.unwrap();
+}
+
+#[test]
+fn serve_options_come_from_flags_then_env_vars_then_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-repository");
+    let file = dir.path().join("segscore.toml");
+    // Keys that are also flags, one of them from the flattened engine
+    // options; the repository does not exist, so serve stops right after
+    // logging the configuration it would have run with.
+    std::fs::write(
+        &file,
+        format!(
+            "model_repository = {:?}\nmetrics_addr = \"127.0.0.1:9464\"\nworkers = 5\n\
+             max_batch_rows = 100\nqueue_capacity = 10\nsegments = \"rules.toml\"\n",
+            missing.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = segscore(
+        &[
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "serve".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--max-batch-rows".as_ref(),
+            "7".as_ref(),
+        ],
+        &[
+            ("SEGSCORE_WORKERS", "4".as_ref()),
+            ("SEGSCORE_MAX_BATCH_ROWS", "8".as_ref()),
+        ],
+    );
+    let log = stderr(&out);
+    assert!(!out.status.success(), "{log}");
+    let config = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "starting")
+        .unwrap_or_else(|| panic!("no `starting` line: {log}"))["fields"]["config"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (want, from) in [
+        (
+            "max_batch_rows: 7,",
+            "the flag beats the env var and the file",
+        ),
+        ("workers: Some(4),", "the env var beats the file"),
+        ("queue_capacity: 10,", "the file beats the default"),
+        ("metrics_addr: Some(127.0.0.1:9464),", "the file"),
+        ("segments: Some(\"rules.toml\"),", "the file"),
+        ("intra_threads: 1,", "the default"),
+    ] {
+        assert!(config.contains(want), "{want} ({from}) not in {config}");
+    }
+    assert!(log.contains("no-such-repository: not a directory"), "{log}");
+
+    // An unknown key fails before anything starts, naming the key and file.
+    std::fs::write(&file, "metrics_adress = \"127.0.0.1:9464\"\n").unwrap();
+    let out = segscore(
+        &["serve".as_ref(), "--config".as_ref(), file.as_os_str()],
+        &[],
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("unknown option `metrics_adress`"), "{log}");
+    assert!(log.contains(&file.display().to_string()), "{log}");
+}
+
+#[test]
+fn the_model_repository_has_one_spelling_and_the_old_ones_warn_once() {
+    let segments = shipped_segments();
+    let models = shipped_models();
+    let check = |flag: &str, env: &[(&str, &OsStr)]| {
+        let mut args = vec!["segments".as_ref(), "check".as_ref(), segments.as_os_str()];
+        if !flag.is_empty() {
+            args.extend([flag.as_ref(), models.as_os_str()]);
+        }
+        let out = segscore(&args, env);
+        assert!(out.status.success(), "{flag} {env:?}: {}", stderr(&out));
+        stderr(&out)
+    };
+    let log = check("--model-repository", &[]);
+    assert!(lines_with(&log, "deprecated").is_empty(), "{log}");
+    let log = check("", &[("SEGSCORE_MODEL_REPOSITORY", models.as_os_str())]);
+    assert!(lines_with(&log, "deprecated").is_empty(), "{log}");
+    let log = check("--models", &[]);
+    assert_eq!(
+        lines_with(&log, "deprecated"),
+        ["warning: `segscore segments check --models` is deprecated; use --model-repository"]
+    );
+    let log = check("", &[("SEGSCORE_MODELS", models.as_os_str())]);
+    assert_eq!(
+        lines_with(&log, "deprecated"),
+        ["warning: SEGSCORE_MODELS is deprecated; use SEGSCORE_MODEL_REPOSITORY"]
+    );
+
+    // serve: `--models` was the directory (serve takes no list of models).
+    let out = segscore(&["serve", "--models", "/no-such-repository"], &[]);
+    let log = stderr(&out);
+    assert!(!out.status.success());
+    assert_eq!(lines_with(&log, "deprecated").len(), 1, "{log}");
+    assert!(
+        log.contains("--model-repository /no-such-repository: not a directory"),
+        "{log}"
+    );
+
+    // --help documents the new spelling (and its env var) everywhere a
+    // repository is read, and `--models` only where it is a list of models.
+    for sub in [
+        &["serve"][..],
+        &["score"],
+        &["segments", "check"],
+        &["train"],
+        &["bench"],
+    ] {
+        let out = segscore(&[sub, &["--help"]].concat(), &[]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--model-repository <DIR>"), "{sub:?}: {help}");
+        assert!(
+            help.contains("SEGSCORE_MODEL_REPOSITORY"),
+            "{sub:?}: {help}"
+        );
+        assert!(!help.contains("--models-dir"), "{sub:?}: {help}");
+        assert!(!help.contains("SEGSCORE_MODELS="), "{sub:?}: {help}");
+        let lists_models = help.contains("--models <");
+        assert_eq!(lists_models, sub == ["score"], "{sub:?}: {help}");
+    }
 }

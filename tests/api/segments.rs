@@ -558,7 +558,7 @@ fn segments_cli_checks_files_and_compares_scored_files() {
         "segments".as_ref(),
         "check".as_ref(),
         shipped_segments().as_os_str(),
-        "--models".as_ref(),
+        "--model-repository".as_ref(),
         shipped_models().as_os_str(),
     ]);
     assert!(ok, "{stdout}");
@@ -578,7 +578,7 @@ fn segments_cli_checks_files_and_compares_scored_files() {
         "segments".as_ref(),
         "check".as_ref(),
         bad.as_os_str(),
-        "--models".as_ref(),
+        "--model-repository".as_ref(),
         shipped_models().as_os_str(),
     ]);
     assert!(!ok);

@@ -61,7 +61,7 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
             "127.0.0.1:0",
             "--workers",
             "1",
-            "--models",
+            "--model-repository",
         ])
         .arg(shipped_models())
         .env_remove("RUST_LOG");

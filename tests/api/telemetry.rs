@@ -66,7 +66,11 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
             "--workers",
             "1",
         ])
-        .args(["--otlp-endpoint", &format!("http://{otlp}"), "--models"])
+        .args([
+            "--otlp-endpoint",
+            &format!("http://{otlp}"),
+            "--model-repository",
+        ])
         .arg(shipped_models())
         .env(
             "RUST_LOG",

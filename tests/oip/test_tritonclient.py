@@ -32,7 +32,7 @@ def server():
     if not BIN.exists():
         pytest.fail(f"{BIN} is missing: run `cargo build --release` first")
     proc = subprocess.Popen(
-        [str(BIN), "--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--models", str(ROOT / "models")],
+        [str(BIN), "--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--model-repository", str(ROOT / "models")],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

@@ -68,3 +68,12 @@ def test_same_seed_same_models(small_run, tmp_path):
         assert hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest(), version
         with open(tmp_path / "models" / version / "model.toml", "rb") as f:
             assert tomllib.load(f)["sha256"] == hashlib.sha256(b).hexdigest()
+
+
+def test_model_repository_option_and_its_deprecated_spelling(capsys):
+    assert pipeline.parse_args(["--model-repository", "repo"]).model_repository == "repo"
+    assert capsys.readouterr().err == ""
+    # `--models` is a list of models everywhere else; here it is the old
+    # spelling of the repository, accepted with a warning.
+    assert pipeline.parse_args(["--models", "old"]).model_repository == "old"
+    assert "--models is deprecated; use --model-repository" in capsys.readouterr().err
