@@ -385,6 +385,7 @@ pub struct ScoreArgs {
     pub resume: bool,
     /// Where rows with invalid values go (CSV: row,column,reason; row = the
     /// 0-based data row index in the input). Default: `<output>.rejects.csv`.
+    /// Not written when no row is rejected (an earlier run's is removed).
     #[arg(long, env = "SEGSCORE_REJECTS")]
     pub rejects: Option<PathBuf>,
     /// Fail on the first invalid row (naming its row and column) instead of

@@ -50,12 +50,15 @@ fn main() -> ExitCode {
                 .iter()
                 .map(|m| format!("{}:{}", m.name, m.version))
                 .collect();
+            let see = s
+                .rejects
+                .as_ref()
+                .map_or(String::new(), |r| format!(" (see {})", r.display()));
             eprintln!(
-                "read {} rows: {} scored, {} rejected (see {}), with {} in {:.2}s ({:.0} rows/s); wrote {}",
+                "read {} rows: {} scored, {} rejected{see}, with {} in {:.2}s ({:.0} rows/s); wrote {}",
                 s.rows_read,
                 s.rows_scored,
                 s.rows_rejected,
-                s.rejects.display(),
                 models.join(", "),
                 s.seconds,
                 s.rows_per_second,

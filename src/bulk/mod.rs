@@ -67,7 +67,8 @@ pub struct Summary {
     /// Per `--segments` entry: (name, member rows, rows the rule errored on).
     pub segments: Vec<(String, u64, u64)>,
     pub output: PathBuf,
-    pub rejects: PathBuf,
+    /// The rejects file; None when no row was rejected (none is written).
+    pub rejects: Option<PathBuf>,
     /// The process's peak resident memory (VmHWM), when /proc has it.
     pub peak_rss_mib: Option<f64>,
 }
@@ -385,7 +386,7 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
             })
             .collect(),
         output: args.output.clone(),
-        rejects: rejects_path,
+        rejects: (final_progress.rows_rejected > 0).then_some(rejects_path),
         peak_rss_mib: peak_rss_mib(),
     };
     let versions: Vec<String> = summary

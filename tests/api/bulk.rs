@@ -371,10 +371,8 @@ async fn csv_and_parquet_inputs_and_outputs_agree_with_the_models() {
     )
     .unwrap();
     assert_eq!(sidecar["models"], models);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("from-csv.parquet.rejects.csv")).unwrap(),
-        "row,column,reason\n"
-    );
+    // Nothing rejected: no rejects file.
+    assert!(!dir.path().join("from-csv.parquet.rejects.csv").exists());
     assert!(!dir.path().join("from-csv.parquet.parts").exists());
 }
 
@@ -694,4 +692,46 @@ fn rejected_rows_are_counted_once_however_many_cells_are_bad_across_a_resume() {
         std::fs::read_to_string(beside(&resumed, ".rejects.csv")).unwrap(),
         rejects
     );
+}
+
+#[test]
+fn no_rejects_file_is_written_when_no_row_is_rejected_even_across_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.csv", &tiled_csv(3_000));
+    let opts = ["--batch-rows", "250", "--part-rows", "1000"];
+    for ext in ["csv", "parquet"] {
+        // A rejects file left by an earlier run of the same output would
+        // describe rows this output does not have: it goes.
+        let output = dir.path().join(format!("out.{ext}"));
+        let rejects = beside(&output, ".rejects.csv");
+        std::fs::write(&rejects, "row,column,reason\n7,frequency,not a number\n").unwrap();
+        let out = ok(score(&input, &output, &opts));
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            summary.contains("read 3000 rows: 3000 scored, 0 rejected, with "),
+            "{summary}"
+        );
+        assert!(!rejects.exists());
+
+        let resumed = dir.path().join(format!("resumed.{ext}"));
+        let crashed = score(
+            &input,
+            &resumed,
+            &[&opts[..], &["--fail-after-parts", "1"]].concat(),
+        );
+        assert_eq!(crashed.status.code(), Some(3));
+        let out = ok(score(
+            &input,
+            &resumed,
+            &[&opts[..], &["--resume"]].concat(),
+        ));
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            summary.contains("read 3000 rows: 3000 scored, 0 rejected, with "),
+            "{summary}"
+        );
+        assert!(!beside(&resumed, ".rejects.csv").exists());
+        assert!(!beside(&resumed, ".parts").exists());
+        assert_eq!(read_output(&resumed), read_output(&output));
+    }
 }
