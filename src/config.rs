@@ -392,6 +392,16 @@ pub struct ScoreArgs {
     /// writing it to the rejects file.
     #[arg(long, env = "SEGSCORE_STRICT", default_value_t = false)]
     pub strict: bool,
+    /// A model version the job needs that cannot be used (it failed to load
+    /// or validate) fails the job. The version needed is the pinned one for
+    /// `name:version`; for a bare `name`, and for every model when --models
+    /// is not given, it is the `stable` label's version, else the highest
+    /// version in the repository (remote: listed by the first server). With
+    /// this flag an unpinned model falls back to the version that serves
+    /// instead, with a warning; the summary and the output's `fallbacks`
+    /// metadata name it. A pinned version never falls back.
+    #[arg(long, env = "SEGSCORE_ALLOW_FALLBACK", default_value_t = false)]
+    pub allow_fallback: bool,
     /// Output rows per committed part: the unit --resume restarts from.
     #[arg(long, env = "SEGSCORE_PART_ROWS", default_value_t = 1_000_000)]
     pub part_rows: usize,

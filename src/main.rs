@@ -48,7 +48,15 @@ fn main() -> ExitCode {
             let models: Vec<String> = s
                 .models
                 .iter()
-                .map(|m| format!("{}:{}", m.name, m.version))
+                .map(|m| {
+                    match s.fallbacks.iter().find(|f| f.name == m.name) {
+                        Some(f) => format!(
+                            "{}:{} (fallback: version {} cannot be used)",
+                            m.name, m.version, f.wanted
+                        ),
+                        None => format!("{}:{}", m.name, m.version),
+                    }
+                })
                 .collect();
             let see = s
                 .rejects
