@@ -425,12 +425,23 @@ pub struct ScoreArgs {
     pub resume: bool,
     /// Where rows with invalid values go (CSV: row,column,reason; row = the
     /// 0-based data row index in the input). Default: `<output>.rejects.csv`.
+    /// Not written when no row is rejected (an earlier run's is removed).
     #[arg(long, env = "SEGSCORE_REJECTS")]
     pub rejects: Option<PathBuf>,
     /// Fail on the first invalid row (naming its row and column) instead of
     /// writing it to the rejects file.
     #[arg(long, env = "SEGSCORE_STRICT", default_value_t = false)]
     pub strict: bool,
+    /// A model version the job needs that cannot be used (it failed to load
+    /// or validate) fails the job. The version needed is the pinned one for
+    /// `name:version`; for a bare `name`, and for every model when --models
+    /// is not given, it is the `stable` label's version, else the highest
+    /// version in the repository (remote: listed by the first server). With
+    /// this flag an unpinned model falls back to the version that serves
+    /// instead, with a warning; the summary and the output's `fallbacks`
+    /// metadata name it. A pinned version never falls back.
+    #[arg(long, env = "SEGSCORE_ALLOW_FALLBACK", default_value_t = false)]
+    pub allow_fallback: bool,
     /// Output rows per committed part: the unit --resume restarts from.
     #[arg(long, env = "SEGSCORE_PART_ROWS", default_value_t = 1_000_000)]
     pub part_rows: usize,

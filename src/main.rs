@@ -55,14 +55,25 @@ fn main() -> ExitCode {
             let models: Vec<String> = s
                 .models
                 .iter()
-                .map(|m| format!("{}:{}", m.name, m.version))
+                .map(|m| {
+                    match s.fallbacks.iter().find(|f| f.name == m.name) {
+                        Some(f) => format!(
+                            "{}:{} (fallback: version {} cannot be used)",
+                            m.name, m.version, f.wanted
+                        ),
+                        None => format!("{}:{}", m.name, m.version),
+                    }
+                })
                 .collect();
+            let see = s
+                .rejects
+                .as_ref()
+                .map_or(String::new(), |r| format!(" (see {})", r.display()));
             eprintln!(
-                "read {} rows: {} scored, {} rejected (see {}), with {} in {:.2}s ({:.0} rows/s); wrote {}",
+                "read {} rows: {} scored, {} rejected{see}, with {} in {:.2}s ({:.0} rows/s); wrote {}",
                 s.rows_read,
                 s.rows_scored,
                 s.rows_rejected,
-                s.rejects.display(),
                 models.join(", "),
                 s.seconds,
                 s.rows_per_second,

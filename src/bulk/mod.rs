@@ -26,6 +26,7 @@
 
 pub mod progress;
 pub mod read;
+pub mod select;
 pub mod write;
 
 use std::{
@@ -43,6 +44,7 @@ use tracing::info;
 
 use self::{
     read::{Format, RawChunk, Reject, Wanted},
+    select::{Candidates, Fallback},
     write::{Fingerprint, ModelId, OutputColumn, OutputKind, PartWriter, Progress, Scored},
 };
 use crate::{
@@ -64,10 +66,14 @@ pub struct Summary {
     /// Rows this run read, per second.
     pub rows_per_second: f64,
     pub models: Vec<ModelId>,
+    /// Models scored with another version than the one asked for
+    /// (`--allow-fallback`).
+    pub fallbacks: Vec<Fallback>,
     /// Per `--segments` entry: (name, member rows, rows the rule errored on).
     pub segments: Vec<(String, u64, u64)>,
     pub output: PathBuf,
-    pub rejects: PathBuf,
+    /// The rejects file; None when no row was rejected (none is written).
+    pub rejects: Option<PathBuf>,
     /// The process's peak resident memory (VmHWM), when /proc has it.
     pub peak_rss_mib: Option<f64>,
 }
@@ -107,6 +113,8 @@ struct Selected {
     schema: FeatureSchema,
     /// A clustering model: its output adds a cluster id column.
     clustering: bool,
+    /// Scored with another version than the one asked for.
+    fallback: Option<Fallback>,
 }
 
 /// A validated chunk on its way to a scorer.
@@ -162,12 +170,13 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
     let (scorer, selected) = if args.addr.is_empty() {
         embedded(&args, choice, &segment_names).await?
     } else {
-        remote(&args.addr, choice, &segment_names).await?
+        remote(&args.addr, choice, &segment_names, args.allow_fallback).await?
     };
     if selected.is_empty() {
-        bail!("no model to score with: none is serving (or --models is empty)");
+        bail!("no model to score with: none was found (or --models is empty)");
     }
     let models: Vec<ModelId> = selected.iter().map(|s| s.id.clone()).collect();
+    let fallbacks: Vec<Fallback> = selected.iter().filter_map(|s| s.fallback.clone()).collect();
     let dtypes = union_dtypes(selected.iter().flat_map(|s| s.schema.specs()))?;
     let mut columns = vec![OutputColumn {
         name: args.id_column.clone(),
@@ -329,6 +338,9 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
 
     let mut metadata = serde_json::Map::new();
     metadata.insert("models".into(), serde_json::to_value(&models)?);
+    if !fallbacks.is_empty() {
+        metadata.insert("fallbacks".into(), serde_json::to_value(&fallbacks)?);
+    }
     metadata.insert(
         "columns".into(),
         serde_json::to_value(
@@ -372,6 +384,7 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
         seconds,
         rows_per_second: this_run as f64 / seconds.max(1e-9),
         models,
+        fallbacks,
         segments: segment_names
             .iter()
             .enumerate()
@@ -385,7 +398,7 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
             })
             .collect(),
         output: args.output.clone(),
-        rejects: rejects_path,
+        rejects: (final_progress.rows_rejected > 0).then_some(rejects_path),
         peak_rss_mib: peak_rss_mib(),
     };
     let versions: Vec<String> = summary
@@ -826,19 +839,36 @@ async fn embedded(
             .map_err(|why| anyhow::anyhow!("segment `{name}` was refused: {why}"))?;
         needed.extend(rule.models().iter().cloned());
     }
+    // No --models: every model in the repository, not only those that
+    // load (a model that fails must fail the job, not lose its column).
     let choice = if choice.is_empty() {
-        repository
-            .serving_names()
-            .into_iter()
-            .map(|n| (n, 0))
-            .collect()
+        repository.models().keys().map(|n| (n.clone(), 0)).collect()
     } else {
         with_models(choice, &needed)
     };
+    let requests = choice
+        .into_iter()
+        .map(|(name, version)| {
+            let entry = repository.models().get(&name).with_context(|| {
+                format!(
+                    "model `{name}` not found in {} (it has: {})",
+                    args.models_dir.display(),
+                    repository
+                        .models()
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            let candidates = Candidates::from_entry(entry);
+            Ok((name, version, candidates))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut loaded = Vec::new();
     let mut selected = Vec::new();
-    for (name, version) in &choice {
-        let model = repository.resolve(name, *version, "")?;
+    for chosen in select::choose(&requests, args.allow_fallback)? {
+        let model = repository.resolve(&chosen.name, chosen.version, "")?;
         selected.push(Selected {
             id: ModelId {
                 name: model.name().to_string(),
@@ -847,6 +877,7 @@ async fn embedded(
             },
             schema: model.schema.clone(),
             clustering: model.manifest.task == Task::Clustering,
+            fallback: chosen.fallback,
         });
         loaded.push(model);
     }
@@ -912,6 +943,7 @@ async fn remote(
     addrs: &[String],
     choice: Vec<(String, u64)>,
     segment_names: &[String],
+    allow_fallback: bool,
 ) -> anyhow::Result<(Scorer, Vec<Selected>)> {
     let mut choice = choice;
     let mut remotes = Vec::new();
@@ -961,33 +993,46 @@ async fn remote(
                 choice = with_models(choice, &needed);
             }
         }
-        // The first server decides the versions (its defaults, unless
-        // pinned); every other server must serve exactly those.
+        // The first server decides the versions (the ones it would serve
+        // if every version loaded, unless pinned: see `select`); every other
+        // server must serve exactly those.
         let pinned: Vec<(String, u64)> = match &selected {
             Some(s) => s
                 .iter()
                 .map(|m| (m.id.name.clone(), m.id.version))
                 .collect(),
-            None if choice.is_empty() => listed
-                .iter()
-                .filter(|m| m.default_version != 0)
-                .map(|m| (m.name.clone(), 0))
-                .collect(),
+            // Every model listed, not only those with a serving version: a
+            // model that failed must fail the job, not lose its column.
+            None if choice.is_empty() => listed.iter().map(|m| (m.name.clone(), 0)).collect(),
             None => choice.clone(),
         };
+        let requests = pinned
+            .into_iter()
+            .map(|(name, version)| {
+                let info = listed.iter().find(|m| m.name == name).with_context(|| {
+                    format!(
+                        "model `{name}` not found on {addr} (it has: {})",
+                        listed
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+                let candidates = Candidates::from_info(info, addr);
+                Ok((name, version, candidates))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut here = Vec::new();
-        for (name, version) in pinned {
+        for chosen in select::choose(&requests, allow_fallback)? {
+            let name = chosen.name;
             let info = listed
                 .iter()
                 .find(|m| m.name == name)
-                .with_context(|| format!("model `{name}` not found on {addr}"))?;
+                .expect("chosen from the listed models; this is a bug");
             // Pin the version the schema came from, so a concurrent deploy
             // cannot pair this schema with another version's model.
-            let version = if version == 0 {
-                info.default_version
-            } else {
-                version
-            };
+            let version = chosen.version;
             let v = info
                 .versions
                 .iter()
@@ -1011,6 +1056,7 @@ async fn remote(
                 },
                 schema,
                 clustering: v.task == pb::Task::Clustering as i32,
+                fallback: chosen.fallback,
             });
         }
         if let Some(first) = &selected {

@@ -563,7 +563,8 @@ impl PartWriter {
 }
 
 /// Concatenates the committed parts into `output` and `rejects` (each via a
-/// temp file and a rename), writes the metadata, and removes the staging
+/// temp file and a rename; `rejects` only when a row was rejected, else a
+/// stale one is removed), writes the metadata, and removes the staging
 /// directory.
 pub fn assemble(
     dir: &Path,
@@ -632,7 +633,27 @@ pub fn assemble(
         }
     }
     fs::rename(&tmp, output).with_context(|| format!("renaming to {}", output.display()))?;
-    // Rejects: a header, then every part's rows.
+    if progress.rows_rejected > 0 {
+        write_rejects(dir, progress, rejects)?;
+    } else {
+        // No rejects file when nothing was rejected, and none left over from
+        // an earlier run of the same output either: a rejects file next to
+        // the output always describes that output.
+        match fs::remove_file(rejects) {
+            Ok(()) => sync_dir(rejects),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing the stale {}", rejects.display()))
+            }
+        }
+    }
+    sync_dir(output);
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(())
+}
+
+/// The rejects file: a header, then every part's lines (one per bad cell).
+fn write_rejects(dir: &Path, progress: &Progress, rejects: &Path) -> anyhow::Result<()> {
     let rejects_tmp = tmp_path(rejects);
     let mut out = BufWriter::new(
         File::create(&rejects_tmp)
@@ -651,8 +672,6 @@ pub fn assemble(
         .sync_all()?;
     fs::rename(&rejects_tmp, rejects)
         .with_context(|| format!("renaming to {}", rejects.display()))?;
-    sync_dir(output);
-    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(())
 }
 
@@ -770,5 +789,31 @@ mod tests {
              4,frequency,not a number\n\
              6,region,not a number\n"
         );
+    }
+
+    #[test]
+    fn no_rejects_file_when_no_row_is_rejected_and_a_stale_one_is_removed() {
+        for format in [Format::Csv, Format::Parquet] {
+            let tmp = tempfile::tempdir().unwrap();
+            let staging = tmp.path().join("out.parts");
+            fs::create_dir(&staging).unwrap();
+            let mut w = writer(&staging, format);
+            w.write(chunk(0, Vec::new())).unwrap();
+            w.commit().unwrap();
+            let output = tmp.path().join("out");
+            let rejects = tmp.path().join("out.rejects.csv");
+            fs::write(&rejects, "row,column,reason\n3,frequency,not a number\n").unwrap();
+            assemble(
+                &staging,
+                &w.progress,
+                &output,
+                &rejects,
+                &serde_json::Map::new(),
+            )
+            .unwrap();
+            assert!(output.is_file());
+            assert!(!rejects.exists(), "{format:?}");
+            assert!(!staging.exists());
+        }
     }
 }

@@ -371,10 +371,8 @@ async fn csv_and_parquet_inputs_and_outputs_agree_with_the_models() {
     )
     .unwrap();
     assert_eq!(sidecar["models"], models);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("from-csv.parquet.rejects.csv")).unwrap(),
-        "row,column,reason\n"
-    );
+    // Nothing rejected: no rejects file.
+    assert!(!dir.path().join("from-csv.parquet.rejects.csv").exists());
     assert!(!dir.path().join("from-csv.parquet.parts").exists());
 }
 
@@ -610,11 +608,263 @@ async fn two_servers_share_the_work_and_match_embedded_scoring() {
     two.stop().await.unwrap();
 }
 
+/// Runs `segscore score` embedded on the repository `models` with `extra`
+/// only (no --models unless given), ONNX Runtime from `ort` when given.
+fn score_on(
+    models: &Path,
+    input: &Path,
+    output: &Path,
+    ort: Option<&str>,
+    extra: &[&str],
+) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_segscore"));
+    command
+        .arg("score")
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .arg("--models-dir")
+        .arg(models)
+        .args(["--workers", "1"])
+        .args(extra);
+    if let Some(path) = ort {
+        command.env("ORT_DYLIB_PATH", path);
+    }
+    command.output().unwrap()
+}
+
+fn failed(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "segscore score succeeded: {err}");
+    err
+}
+
 /// `<path><suffix>`, e.g. the rejects file or the staging directory.
 fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// (name, version) of each model in an output's `segscore.models`.
+fn metadata_versions(meta: &BTreeMap<String, String>) -> Vec<(String, u64)> {
+    let models: Vec<serde_json::Value> = serde_json::from_str(&meta["segscore.models"]).unwrap();
+    models
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["version"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The highest shipped version of `name` that runs without ONNX Runtime.
+fn smartcore_version(name: &str) -> Option<u64> {
+    (1..=latest_version(name))
+        .rev()
+        .find(|v| manifest(name, *v).format.as_str() == "smartcore")
+}
+
+#[test]
+fn a_model_version_that_cannot_load_fails_the_job_unless_fallback_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.parquet");
+    let no_ort = Some("/nonexistent/libonnxruntime.so");
+    let run = |extra: &[&str]| score_on(&shipped_models(), &sample_users(), &output, no_ort, extra);
+    // The newest shipped churn, ltv and propensity are ONNX; churn and
+    // propensity also ship an older smartcore version, ltv does not.
+    for name in MODELS {
+        assert_eq!(manifest(name, latest_version(name)).format.as_str(), "onnx");
+    }
+    let churn = (latest_version("churn"), smartcore_version("churn").unwrap());
+    let propensity = (
+        latest_version("propensity"),
+        smartcore_version("propensity").unwrap(),
+    );
+    let ltv = latest_version("ltv");
+    assert_eq!(smartcore_version("ltv"), None);
+
+    // No --models: every model at its newest version, and three cannot load.
+    let err = failed(&run(&[]));
+    for expected in [
+        format!("model `churn` version {}", churn.0),
+        format!("model `ltv` version {ltv}"),
+        format!("model `propensity` version {}", propensity.0),
+        "ONNX Runtime is not available".into(),
+        "Fix: ".into(),
+        format!(
+            "--allow-fallback would score churn with version {} and propensity with version {} instead; ltv cannot fall back.",
+            churn.1, propensity.1
+        ),
+    ] {
+        assert!(err.contains(&expected), "{expected:?} not in: {err}");
+    }
+    assert!(!output.exists());
+    assert!(!beside(&output, ".parts").exists());
+
+    // --allow-fallback cannot make up a version ltv does not have.
+    let err = failed(&run(&["--allow-fallback"]));
+    assert!(
+        err.contains(&format!(
+            "model `ltv` version {ltv} cannot be used: ONNX Runtime"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("model `churn` version"), "{err}");
+    assert!(!output.exists());
+
+    // A pinned version never falls back...
+    let pinned = format!("churn:{}", churn.0);
+    let err = failed(&run(&["--models", &pinned, "--allow-fallback"]));
+    assert!(
+        err.contains(&format!("model `churn` version {} cannot be used", churn.0)),
+        "{err}"
+    );
+    // ...and only the versions the job asks for matter.
+    let pinned = format!("churn:{}", churn.1);
+    let out = ok(run(&["--models", &pinned]));
+    let meta = parquet_metadata(&output);
+    assert_eq!(metadata_versions(&meta), [("churn".to_string(), churn.1)]);
+    assert!(!meta.contains_key("segscore.fallbacks"), "{meta:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("falling back"));
+
+    // Asked for, a fallback is taken, warned about and recorded.
+    let out = ok(run(&["--models", "churn,propensity", "--allow-fallback"]));
+    let log = String::from_utf8_lossy(&out.stderr);
+    for (name, (wanted, used)) in [("churn", churn), ("propensity", propensity)] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("falling back")
+                && l.contains(&format!("model={name} wanted={wanted} used={used}"))),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "{name}:{used} (fallback: version {wanted} cannot be used)"
+            )),
+            "{log}"
+        );
+    }
+    let meta = parquet_metadata(&output);
+    assert_eq!(
+        metadata_versions(&meta),
+        [
+            ("churn".to_string(), churn.1),
+            ("propensity".to_string(), propensity.1)
+        ]
+    );
+    let fallbacks: serde_json::Value = serde_json::from_str(&meta["segscore.fallbacks"]).unwrap();
+    assert_eq!(fallbacks.as_array().unwrap().len(), 2, "{fallbacks}");
+    for (i, (name, (wanted, used))) in [("churn", churn), ("propensity", propensity)]
+        .into_iter()
+        .enumerate()
+    {
+        let f = &fallbacks[i];
+        assert_eq!(
+            (f["name"].as_str(), f["wanted"].as_u64(), f["used"].as_u64()),
+            (Some(name), Some(wanted), Some(used)),
+            "{fallbacks}"
+        );
+        assert!(
+            f["reason"].as_str().unwrap().contains("ONNX Runtime"),
+            "{fallbacks}"
+        );
+    }
+    assert_eq!(read_output(&output).len(), 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_failing_validation_fails_the_job_embedded_and_remote_unless_fallback_is_allowed()
+{
+    // propensity's newest version with a golden set it does not reproduce.
+    let repo = copy_models();
+    let broken = latest_version("propensity");
+    let previous = broken - 1;
+    let golden = repo.path().join(format!("propensity/{broken}/golden.csv"));
+    let text = std::fs::read_to_string(&golden).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let (rest, expected) = lines[1].rsplit_once(',').unwrap();
+    let e: f64 = expected.parse().unwrap();
+    lines[1] = format!("{rest},{}", if e > 0.5 { e - 0.3 } else { e + 0.3 });
+    std::fs::write(&golden, lines.join("\n") + "\n").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.csv", &tiled_csv(500));
+    let check = |err: &str| {
+        for expected in [
+            format!("model `propensity` version {broken} cannot be used: "),
+            "golden set".into(),
+            format!("--allow-fallback would score propensity with version {previous} instead."),
+        ] {
+            assert!(err.contains(&expected), "{expected:?} not in: {err}");
+        }
+    };
+    let embedded = dir.path().join("embedded.parquet");
+    check(&failed(&score_on(
+        repo.path(),
+        &input,
+        &embedded,
+        None,
+        &[],
+    )));
+    assert!(!embedded.exists());
+    ok(score_on(
+        repo.path(),
+        &input,
+        &embedded,
+        None,
+        &["--allow-fallback"],
+    ));
+
+    let app = spawn_app_with(repo.path(), |a| a.engine.workers = Some(1)).await;
+    let addr = format!("http://{}", app.addr);
+    let remote = dir.path().join("remote.parquet");
+    let err = failed(&score_on(
+        repo.path(),
+        &input,
+        &remote,
+        None,
+        &["--addr", &addr],
+    ));
+    check(&err);
+    assert!(err.contains(&app.addr.to_string()), "{err}");
+    assert!(!remote.exists());
+    ok(score_on(
+        repo.path(),
+        &input,
+        &remote,
+        None,
+        &["--addr", &addr, "--allow-fallback"],
+    ));
+    app.stop().await.unwrap();
+
+    // Both fell back the same way and scored the same (every column: the
+    // clustering model's too).
+    let batches = |path: &Path| -> Vec<RecordBatch> {
+        ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let scored = batches(&embedded);
+    assert_eq!(scored.iter().map(|b| b.num_rows()).sum::<usize>(), 500);
+    assert_eq!(batches(&remote), scored);
+    let (e, r) = (parquet_metadata(&embedded), parquet_metadata(&remote));
+    assert_eq!(e["segscore.models"], r["segscore.models"]);
+    assert!(metadata_versions(&e).contains(&("propensity".to_string(), previous)));
+    for meta in [&e, &r] {
+        let fallbacks: serde_json::Value =
+            serde_json::from_str(&meta["segscore.fallbacks"]).unwrap();
+        assert_eq!(fallbacks.as_array().unwrap().len(), 1, "{fallbacks}");
+        assert_eq!(fallbacks[0]["name"], "propensity");
+        assert_eq!(fallbacks[0]["wanted"], broken);
+        assert_eq!(fallbacks[0]["used"], previous);
+    }
 }
 
 /// `rows` tiled rows where each of `bad_rows` has two bad cells.
@@ -694,4 +944,46 @@ fn rejected_rows_are_counted_once_however_many_cells_are_bad_across_a_resume() {
         std::fs::read_to_string(beside(&resumed, ".rejects.csv")).unwrap(),
         rejects
     );
+}
+
+#[test]
+fn no_rejects_file_is_written_when_no_row_is_rejected_even_across_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.csv", &tiled_csv(3_000));
+    let opts = ["--batch-rows", "250", "--part-rows", "1000"];
+    for ext in ["csv", "parquet"] {
+        // A rejects file left by an earlier run of the same output would
+        // describe rows this output does not have: it goes.
+        let output = dir.path().join(format!("out.{ext}"));
+        let rejects = beside(&output, ".rejects.csv");
+        std::fs::write(&rejects, "row,column,reason\n7,frequency,not a number\n").unwrap();
+        let out = ok(score(&input, &output, &opts));
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            summary.contains("read 3000 rows: 3000 scored, 0 rejected, with "),
+            "{summary}"
+        );
+        assert!(!rejects.exists());
+
+        let resumed = dir.path().join(format!("resumed.{ext}"));
+        let crashed = score(
+            &input,
+            &resumed,
+            &[&opts[..], &["--fail-after-parts", "1"]].concat(),
+        );
+        assert_eq!(crashed.status.code(), Some(3));
+        let out = ok(score(
+            &input,
+            &resumed,
+            &[&opts[..], &["--resume"]].concat(),
+        ));
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            summary.contains("read 3000 rows: 3000 scored, 0 rejected, with "),
+            "{summary}"
+        );
+        assert!(!beside(&resumed, ".rejects.csv").exists());
+        assert!(!beside(&resumed, ".parts").exists());
+        assert_eq!(read_output(&resumed), read_output(&output));
+    }
 }
