@@ -852,7 +852,7 @@ async fn embedded(
             let entry = repository.models().get(&name).with_context(|| {
                 format!(
                     "model `{name}` not found in {} (it has: {})",
-                    args.models_dir.display(),
+                    args.model_repository.display(),
                     repository
                         .models()
                         .keys()
