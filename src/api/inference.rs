@@ -96,6 +96,19 @@ impl InferenceService {
         let wanted =
             |name: &str| req.outputs.is_empty() || req.outputs.iter().any(|o| o.name == name);
         let raw = !req.raw_input_contents.is_empty();
+        // Admission before conversion: a request the queue cannot take is
+        // refused before its tensors are decoded and encoded. A shape that is
+        // not plausible admits nothing here and gets its precise error below.
+        let claimed_rows = req
+            .inputs
+            .first()
+            .and_then(|input| input.shape.first())
+            .and_then(|&rows| usize::try_from(rows).ok())
+            .filter(|&rows| rows <= self.max_rows_per_request)
+            .unwrap_or(0);
+        let admitted = model
+            .admit(claimed_rows)
+            .map_err(|e| ApiError::score(&model, e))?;
         let batch = tensors_to_batch(
             &model.schema,
             &req.inputs,
@@ -107,7 +120,7 @@ impl InferenceService {
             .encode(&batch)
             .map_err(|e| ApiError::feature(&model, e))?;
         let scored = model
-            .run(chunks, deadline)
+            .run_admitted(admitted, chunks, deadline)
             .await
             .map_err(|e| ApiError::score(&model, e))?;
         let mut outputs = Vec::new();

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     echo::echo,
+    engine::Reservation,
     error::ApiError,
     features::{BatchError, FeatureBatch},
     metrics::Metrics,
@@ -160,15 +161,13 @@ impl ScoringService {
             }
             .into());
         }
-        let batch = FeatureBatch::try_from(matrix)?;
-        let rows = batch.rows();
-        if !req.entity_ids.is_empty() && req.entity_ids.len() != rows {
+        if !req.entity_ids.is_empty() && req.entity_ids.len() != declared {
             return Err(ApiError::InvalidArgument(format!(
-                "{} entity_ids for {rows} rows: send one id per row or none",
+                "{} entity_ids for {declared} rows: send one id per row or none",
                 req.entity_ids.len()
             )));
         }
-        let mut planned = Vec::with_capacity(req.models.len() + extra_models.len());
+        let mut admitted = Vec::with_capacity(req.models.len() + extra_models.len());
         for (i, model_ref) in req.models.iter().chain(&extra_models).enumerate() {
             // Two versions of one model is a comparison; the same reference
             // twice only doubles the work and the answer. (Models added for
@@ -194,8 +193,21 @@ impl ScoringService {
                 model_ref.version,
                 &model_ref.label,
             )?;
-            planned.push(Planned::new(route, &batch, &req.entity_ids)?);
+            admitted.push(Admitted::new(route, declared, &req.entity_ids)?);
         }
+        // Every model has queue room for the request: only now are its rows
+        // converted and encoded (the expensive part of a huge request).
+        let batch = FeatureBatch::try_from(matrix)?;
+        let rows = batch.rows();
+        if rows != declared {
+            return Err(ApiError::InvalidArgument(format!(
+                "the feature columns hold {rows} rows, not the {declared} declared"
+            )));
+        }
+        let planned = admitted
+            .into_iter()
+            .map(|a| a.encode(&batch))
+            .collect::<Result<Vec<_>, _>>()?;
         let runs = planned.into_iter().map(|plan| plan.run(rows, deadline));
         let models = futures::future::try_join_all(runs).await?;
         let (models, memberships) = if req.segments.is_empty() {
@@ -272,24 +284,19 @@ fn evaluate_segments(
         .collect()
 }
 
-/// One model's share of a request, encoded and checked before any work is
-/// queued: every row on one version, or split between the default and the
-/// canary version by entity id.
-struct Planned {
+/// One model's share of a request, admitted (queue room held for its chunks)
+/// before anything is converted: every row on one version, or split between
+/// the default and the canary version by entity id.
+struct Admitted {
     primary: Arc<LoadedModel>,
-    primary_chunks: Vec<Array2<f32>>,
-    canary: Option<CanaryShare>,
+    /// The primary's rows when the request is split; `None` means all.
+    primary_rows: Option<Vec<usize>>,
+    primary_room: Reservation,
+    canary: Option<(Arc<LoadedModel>, Vec<usize>, Reservation)>,
 }
 
-/// The canary version, its rows (ascending) and their encoded chunks.
-struct CanaryShare {
-    model: Arc<LoadedModel>,
-    rows: Vec<usize>,
-    chunks: Vec<Array2<f32>>,
-}
-
-impl Planned {
-    fn new(route: Route, batch: &FeatureBatch, entity_ids: &[String]) -> Result<Self, ApiError> {
+impl Admitted {
+    fn new(route: Route, rows: usize, entity_ids: &[String]) -> Result<Self, ApiError> {
         let primary = route.primary;
         // Rows without entity ids cannot be assigned stably: no split.
         let split =
@@ -297,39 +304,87 @@ impl Planned {
                 .canary
                 .filter(|_| !entity_ids.is_empty())
                 .and_then(|(canary, percent)| {
-                    let (canary_rows, primary_rows): (Vec<usize>, Vec<usize>) = (0..batch.rows())
+                    let (canary_rows, primary_rows): (Vec<usize>, Vec<usize>) = (0..rows)
                         .partition(|&r| {
                             routing::in_canary(primary.name(), &entity_ids[r], percent)
                         });
                     (!canary_rows.is_empty()).then_some((canary, canary_rows, primary_rows))
                 });
         let Some((canary, canary_rows, primary_rows)) = split else {
-            let primary_chunks = primary
-                .encode(batch)
-                .map_err(|e| ApiError::feature(&primary, e))?;
+            let primary_room = primary
+                .admit(rows)
+                .map_err(|e| ApiError::score(&primary, e))?;
             return Ok(Self {
                 primary,
-                primary_chunks,
+                primary_rows: None,
+                primary_room,
                 canary: None,
             });
         };
-        let primary_chunks = primary
-            .encode_rows(batch, &primary_rows)
-            .map_err(|e| ApiError::feature(&primary, e))?;
-        let canary_chunks = canary
-            .encode_rows(batch, &canary_rows)
-            .map_err(|e| ApiError::feature(&canary, e))?;
+        let primary_room = primary
+            .admit(primary_rows.len())
+            .map_err(|e| ApiError::score(&primary, e))?;
+        let canary_room = canary
+            .admit(canary_rows.len())
+            .map_err(|e| ApiError::score(&canary, e))?;
         Ok(Self {
             primary,
-            primary_chunks,
-            canary: Some(CanaryShare {
-                model: canary,
-                rows: canary_rows,
-                chunks: canary_chunks,
-            }),
+            primary_rows: Some(primary_rows),
+            primary_room,
+            canary: Some((canary, canary_rows, canary_room)),
         })
     }
 
+    /// Encodes and checks the admitted rows for each version.
+    fn encode(self, batch: &FeatureBatch) -> Result<Planned, ApiError> {
+        let primary = self.primary;
+        let primary_chunks = match &self.primary_rows {
+            None => primary.encode(batch),
+            Some(rows) => primary.encode_rows(batch, rows),
+        }
+        .map_err(|e| ApiError::feature(&primary, e))?;
+        let canary = match self.canary {
+            None => None,
+            Some((model, rows, room)) => {
+                let chunks = model
+                    .encode_rows(batch, &rows)
+                    .map_err(|e| ApiError::feature(&model, e))?;
+                Some(CanaryShare {
+                    model,
+                    rows,
+                    room,
+                    chunks,
+                })
+            }
+        };
+        Ok(Planned {
+            primary,
+            primary_room: self.primary_room,
+            primary_chunks,
+            canary,
+        })
+    }
+}
+
+/// One model's share of a request, admitted, encoded and checked, ready to
+/// run.
+struct Planned {
+    primary: Arc<LoadedModel>,
+    primary_room: Reservation,
+    primary_chunks: Vec<Array2<f32>>,
+    canary: Option<CanaryShare>,
+}
+
+/// The canary version, its rows (ascending), their queue room and encoded
+/// chunks.
+struct CanaryShare {
+    model: Arc<LoadedModel>,
+    rows: Vec<usize>,
+    room: Reservation,
+    chunks: Vec<Array2<f32>>,
+}
+
+impl Planned {
     /// Scores the plan and puts every row's score back at its index.
     async fn run(
         self,
@@ -339,7 +394,7 @@ impl Planned {
         let primary = &self.primary;
         let primary_run = async {
             primary
-                .run(self.primary_chunks, deadline)
+                .run_admitted(self.primary_room, self.primary_chunks, deadline)
                 .await
                 .map_err(|e| ApiError::score(primary, e))
         };
@@ -353,6 +408,7 @@ impl Planned {
         let Some(CanaryShare {
             model: canary,
             rows: canary_rows,
+            room: canary_room,
             chunks: canary_chunks,
         }) = self.canary
         else {
@@ -363,7 +419,7 @@ impl Planned {
         };
         let canary_run = async {
             canary
-                .run(canary_chunks, deadline)
+                .run_admitted(canary_room, canary_chunks, deadline)
                 .await
                 .map_err(|e| ApiError::score(&canary, e))
         };

@@ -11,7 +11,11 @@
 //!
 //! Entries whose caller went away (cancelled RPC, dropped receiver) or whose
 //! deadline has passed are dropped before they reach a model, and the queue is
-//! bounded: a request that does not fit is refused whole, at once.
+//! bounded: a request that does not fit is refused whole, at once. "At once"
+//! means before its rows are converted and encoded: a front end
+//! [`reserve`](Batcher::reserve)s the request's chunks as soon as it knows
+//! the row count, and a million-row request that cannot be queued is refused
+//! in microseconds instead of after seconds of encoding.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -61,6 +65,9 @@ pub(crate) struct Batch {
 struct Queue {
     entries: VecDeque<Entry>,
     rows: usize,
+    /// Slots held by [`Reservation`]s whose chunks are still being encoded;
+    /// they count against `queue_capacity` like queued chunks.
+    reserved: usize,
     closed: bool,
 }
 
@@ -138,10 +145,55 @@ impl Batcher {
         Self { shared }
     }
 
+    /// Holds `chunks` queue slots for one request, or refuses it whole when
+    /// the queue cannot take them. Cheap: call it before the expensive work
+    /// (conversion, encoding) so a request that cannot be queued costs
+    /// nothing. The slots are released when the reservation is dropped.
+    pub fn reserve(&self, chunks: usize) -> Result<Reservation, ScoreError> {
+        let mut q = self.shared.queue.lock();
+        if q.closed {
+            return Err(ScoreError::Stopped);
+        }
+        let capacity = self.shared.config.queue_capacity;
+        if q.entries.len() + q.reserved + chunks > capacity {
+            return Err(ScoreError::QueueFull { capacity });
+        }
+        q.reserved += chunks;
+        Ok(Reservation {
+            shared: self.shared.clone(),
+            chunks,
+        })
+    }
+
     /// Queues every chunk of one request, or none of them: the request is
     /// refused whole when the queue cannot take all its chunks.
     pub fn submit(
         &self,
+        chunks: Vec<Array2<f32>>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<oneshot::Receiver<Reply>>, ScoreError> {
+        self.reserve(chunks.len())?.submit(chunks, deadline)
+    }
+
+    /// Chunks waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.shared.queue.lock().entries.len()
+    }
+}
+
+/// Queue slots held for one request between admission and submission
+/// ([`Batcher::reserve`]).
+pub struct Reservation {
+    shared: Arc<Shared>,
+    chunks: usize,
+}
+
+impl Reservation {
+    /// Queues the request's chunks in the reserved slots. More chunks than
+    /// reserved (a caller whose row count grew) still need free capacity;
+    /// unused slots are released.
+    pub fn submit(
+        mut self,
         chunks: Vec<Array2<f32>>,
         deadline: Option<Instant>,
     ) -> Result<Vec<oneshot::Receiver<Reply>>, ScoreError> {
@@ -153,9 +205,12 @@ impl Batcher {
                 return Err(ScoreError::Stopped);
             }
             let capacity = self.shared.config.queue_capacity;
-            if q.entries.len() + chunks.len() > capacity {
+            let extra = chunks.len().saturating_sub(self.chunks);
+            if extra > 0 && q.entries.len() + q.reserved + extra > capacity {
                 return Err(ScoreError::QueueFull { capacity });
             }
+            q.reserved -= self.chunks;
+            self.chunks = 0;
             for input in chunks {
                 let (reply, rx) = oneshot::channel();
                 q.rows += input.nrows();
@@ -172,10 +227,13 @@ impl Batcher {
         self.shared.notify.notify_one();
         Ok(receivers)
     }
+}
 
-    /// Chunks waiting for a worker.
-    pub fn queued(&self) -> usize {
-        self.shared.queue.lock().entries.len()
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.chunks > 0 {
+            self.shared.queue.lock().reserved -= self.chunks;
+        }
     }
 }
 
@@ -489,6 +547,39 @@ mod tests {
         ));
         assert_eq!(b.queued(), 2, "nothing of the refused request was queued");
         assert!(b.submit(vec![rows(1, 5.0)], None).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserved_slots_count_against_capacity_until_used_or_dropped() {
+        let (_seen, _held, sink) = recording(Instant::now());
+        let mut c = config(true, 0);
+        c.queue_capacity = 4;
+        let b = Batcher::with_sink(c, 1, sink);
+        let _busy = b.submit(vec![rows(1, 0.0)], None).unwrap();
+        tokio::task::yield_now().await; // taken by the worker: queue empty
+                                        // A big request is admitted before it is encoded...
+        let big = b.reserve(3).unwrap();
+        // ...so a second one that would not fit beside it is refused at once.
+        assert!(matches!(
+            b.reserve(2),
+            Err(ScoreError::QueueFull { capacity: 4 })
+        ));
+        let small = b.reserve(1).unwrap();
+        // Fewer chunks than reserved: the rest is released on submit.
+        let _queued = big.submit(vec![rows(1, 1.0)], None).unwrap();
+        assert_eq!(b.queued(), 1);
+        let two_more = b.reserve(2).unwrap();
+        // An admitted request that was abandoned gives its slots back.
+        drop(small);
+        drop(two_more);
+        let three = b.reserve(3).unwrap();
+        // More chunks than reserved need free capacity of their own.
+        assert!(matches!(
+            three.submit(vec![rows(1, 2.0); 4], None),
+            Err(ScoreError::QueueFull { capacity: 4 })
+        ));
+        assert_eq!(b.queued(), 1, "nothing of the refused request was queued");
+        assert!(b.reserve(3).is_ok(), "the refused reservation was released");
     }
 
     /// A backend that returns each row's first value, to check reassembly.

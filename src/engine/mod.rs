@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayView2;
 
-pub use batcher::{Batcher, BatcherConfig};
+pub use batcher::{Batcher, BatcherConfig, Reservation};
 
 /// Why an accepted chunk produced no scores.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -18,7 +18,7 @@ use crate::{
     engine::{
         onnx::{self, OnnxBackend, OnnxSignature},
         smartcore::SmartcoreBackend,
-        Backend, BackendError, BackendWrapper, Batcher, BatcherConfig, ScoreError,
+        Backend, BackendError, BackendWrapper, Batcher, BatcherConfig, Reservation, ScoreError,
     },
     features::{ColumnBuilder, FeatureBatch, FeatureError, FeatureSchema, SchemaError},
 };
@@ -157,8 +157,26 @@ impl LoadedModel {
         chunks: Vec<Array2<f32>>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<ModelOutput, ScoreError> {
+        let admitted = self.batcher.reserve(chunks.len())?;
+        self.run_admitted(admitted, chunks, deadline).await
+    }
+
+    /// Holds queue room for `rows` rows (the chunks [`encode`](Self::encode)
+    /// will make of them), or refuses the request with QueueFull before any
+    /// conversion or encoding is spent on it.
+    pub fn admit(&self, rows: usize) -> Result<Reservation, ScoreError> {
+        self.batcher.reserve(rows.div_ceil(self.max_batch_rows))
+    }
+
+    /// [`run`](Self::run) in the room an [`admit`](Self::admit) held.
+    pub async fn run_admitted(
+        &self,
+        admitted: Reservation,
+        chunks: Vec<Array2<f32>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<ModelOutput, ScoreError> {
         let total: usize = chunks.iter().map(|c| c.nrows()).sum();
-        let receivers = self.batcher.submit(chunks, deadline)?;
+        let receivers = admitted.submit(chunks, deadline)?;
         let clustering = self.manifest.task == Task::Clustering;
         let mut out = ModelOutput {
             scores: Vec::with_capacity(total),

@@ -143,3 +143,30 @@ async fn requests_over_the_concurrency_limit_are_refused_at_once() {
         .unwrap();
     app.stop().await.unwrap();
 }
+
+/// The value of the sample `series` (name and labels exactly as exposed, e.g.
+/// `segscore_queue_depth{model="ltv",version="1"}`) in one scrape, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Scrapes `/metrics` until `series` reaches at least `at_least`: the way a
+/// test waits for an event the server counts (a reload refused, a request
+/// answered, chunks queued) instead of guessing how long it takes. Gives up
+/// after 60 s so a server that never counts it fails the test, not hangs it.
+pub async fn wait_for_metric(addr: std::net::SocketAddr, series: &str, at_least: f64) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, text) = http_get(addr, "/metrics").await;
+        if sample(&text, series).is_some_and(|v| v >= at_least) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

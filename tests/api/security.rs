@@ -7,7 +7,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use segscore::api::pb::{self, scoring_client::ScoringClient};
+use segscore::api::{
+    oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
+    pb::{self, scoring_client::ScoringClient},
+};
 use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
     Code,
@@ -220,7 +223,7 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     let busy = {
         let mut client = app.client.clone();
         tokio::spawn(async move {
-            let mut req = tonic::Request::new(ltv_row());
+            let mut req = tonic::Request::new(ltv_rows(1));
             req.metadata_mut()
                 .insert("grpc-timeout", "600S".parse().unwrap());
             client.score(req).await
@@ -230,7 +233,7 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     // A caller's own short deadline. The tonic client runs its own timer on
     // `grpc-timeout` and reports CANCELLED when it fires, whatever the
     // server answers, so the server's answer is read from its metrics below.
-    let mut req = tonic::Request::new(ltv_row());
+    let mut req = tonic::Request::new(ltv_rows(1));
     req.metadata_mut()
         .insert("grpc-timeout", "300m".parse().unwrap());
     let mut client = app.client.clone();
@@ -240,39 +243,109 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
         "{err:?}"
     );
     // No grpc-timeout: the server's default deadline applies.
-    let err = bounded(app.score(ltv_row())).await.unwrap_err();
+    let err = bounded(app.score(ltv_rows(1))).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     // A probe is counted when its handler ends, which can trail the
-    // client's error: poll until it is counted (bounded).
-    let polled = std::time::Instant::now();
-    let (exceeded, text) = loop {
-        let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
-        let count = |code: &str| {
-            let key = format!("segscore_requests_total{{code=\"{code}\",method=\"Score\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&key))
-                .map_or(0.0, |v| v.parse::<f64>().unwrap())
-        };
-        let exceeded = count("DeadlineExceeded");
-        if exceeded >= 1.0 || polled.elapsed() > Duration::from_secs(60) {
-            break (exceeded, text);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // The default-deadline probe was answered DEADLINE_EXCEEDED by the
-    // server itself (that client had no timer of its own). The header probe
-    // is not counted here: when the client's timer fires first it can reset
-    // the stream before the server even dispatched it.
-    assert!(exceeded >= 1.0, "{text}");
+    // client's error: wait until it is counted. The default-deadline probe
+    // was answered DEADLINE_EXCEEDED by the server itself (that client had
+    // no timer of its own). The header probe is not counted here: when the
+    // client's timer fires first it can reset the stream before the server
+    // even dispatched it.
+    crate::metrics::wait_for_metric(
+        app.metrics_addr.unwrap(),
+        "segscore_requests_total{code=\"DeadlineExceeded\",method=\"Score\"}",
+        1.0,
+    )
+    .await;
     gate.open();
     busy.await
         .unwrap()
         .expect("the long-deadline request scores");
     // Once idle, a request within its deadline scores; the abandoned probes
     // never reached the model (only the busy batch and this one did).
-    app.score(ltv_row()).await.unwrap();
+    app.score(ltv_rows(1)).await.unwrap();
     assert_eq!(gate.entered(), 2, "expired work was scored anyway");
     app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_queue_cannot_take_is_refused_before_it_is_encoded() {
+    // One ltv worker held busy at the gate, one row per chunk, room for four
+    // queued chunks: what fits is decided by counting, not by timing.
+    let gate = Gate::closed();
+    let app = spawn_app_with(&shipped_models(), |a| {
+        a.engine.workers = Some(1);
+        a.engine.max_batch_rows = 1;
+        a.engine.queue_capacity = 4;
+        a.engine.backend_wrapper = Some(gate.wrapper("ltv"));
+        a.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let spawn_score = |rows: usize| {
+        let mut client = app.client.clone();
+        tokio::spawn(async move { client.score(ltv_rows(rows)).await })
+    };
+    let busy = spawn_score(1);
+    gate.wait_entered(1).await;
+    let queued = spawn_score(3);
+    let depth = format!(
+        "segscore_queue_depth{{model=\"ltv\",version=\"{}\"}}",
+        latest_version("ltv")
+    );
+    crate::metrics::wait_for_metric(app.metrics_addr.unwrap(), &depth, 3.0).await;
+
+    // Without tenure_days (missing = "reject") a request cannot be encoded.
+    // Two such rows do not fit beside the three queued chunks: refused for
+    // room first, which proves no time went into converting or encoding
+    // them; one such row fits, and only then is it found invalid.
+    let unencodable = |rows: usize| {
+        let mut req = ltv_rows(rows);
+        let features = req.features.as_mut().unwrap();
+        features.columns.retain(|c| c.name != "tenure_days");
+        req
+    };
+    let err = app.score(unencodable(2)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("queue is full"), "{err:?}");
+    let err = app.score(unencodable(1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // The same admission on OIP: a matrix whose bool column holds 0.5.
+    let mut oip = GrpcInferenceServiceClient::connect(format!("http://{}", app.addr))
+        .await
+        .unwrap();
+    let width = manifest("ltv", latest_version("ltv")).features.len();
+    let bad_infer = |rows: usize| oip::ModelInferRequest {
+        model_name: "ltv".into(),
+        inputs: vec![oip::model_infer_request::InferInputTensor {
+            name: "features".into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, width as i64],
+            contents: Some(oip::InferTensorContents {
+                fp32_contents: vec![0.5; rows * width],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let err = oip.model_infer(bad_infer(2)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let err = oip.model_infer(bad_infer(1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    gate.open();
+    busy.await.unwrap().expect("the busy request scores");
+    queued.await.unwrap().expect("the queued request scores");
+    // Refused and failed requests gave their room back: four chunks fit.
+    let resp = app.score(ltv_rows(4)).await.unwrap();
+    assert_eq!(resp.rows, 4);
+    app.stop().await.unwrap();
+}
+
+/// `rows` valid rows for ltv.
+fn ltv_rows(rows: usize) -> pb::ScoreRequest {
+    request(matrix(full_rows(rows)), vec![model("ltv", 0)])
 }
 
 /// Bounds a probe so a server that ignored deadlines fails the test instead
@@ -281,11 +354,6 @@ async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), call)
         .await
         .expect("the deadline was not enforced: the call waited for the busy worker")
-}
-
-/// One row for the model the deadline test keeps busy.
-fn ltv_row() -> pb::ScoreRequest {
-    request(matrix(full_rows(1)), vec![model("ltv", 0)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +376,7 @@ async fn the_default_deadline_bounds_each_stream_chunk_not_the_stream() {
         .unwrap()
         .into_inner();
     let chunk = |sequence| {
-        let mut chunk = ltv_row();
+        let mut chunk = ltv_rows(1);
         chunk.sequence = sequence;
         chunk
     };

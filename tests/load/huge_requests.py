@@ -1,0 +1,105 @@
+"""Memory and admission under huge requests (issue 16, item 6); not a test.
+
+Starts the release binary on 127.0.0.1 with the shipped models and sends
+ROUNDS rounds of CONCURRENCY concurrent ModelInfer requests of ROWS rows each
+(tritonclient, raw FP32 tensors). After every round it prints the server's
+resident set (VmRSS, VmHWM), how many requests were scored or refused, and how
+long the refusals took to come back: a request the queue cannot take must be
+refused at once, not after its rows were decoded and encoded.
+
+    .venv/bin/python tests/load/huge_requests.py [--rounds 6] [--concurrency 8] \
+        [--rows 1000000] [--bin target/release/segscore] [-- extra serve flags]
+"""
+
+import argparse
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "training"))
+import features as F  # noqa: E402
+
+
+def rss(pid: int) -> dict:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) // 1024  # MiB
+    return out
+
+
+def start(binary: str, extra: list) -> tuple:
+    proc = subprocess.Popen(
+        [binary, "--log-format", "json", "serve", "--addr", "127.0.0.1:0",
+         "--model-repository", str(ROOT / "models"), *extra],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stderr], daemon=True).start()
+    while True:
+        line = lines.get(timeout=120)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("fields", {}).get("message") == "serving":
+            return proc, rec["fields"]["addr"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "segscore"))
+    ap.add_argument("extra", nargs="*", help="extra `serve` flags (after --)")
+    args = ap.parse_args()
+
+    proc, addr = start(args.bin, args.extra)
+    try:
+        client = triton.InferenceServerClient(addr)
+        # Valid rows: the golden set, repeated.
+        golden = F.to_matrix(F.impute(F.read_feature_csv(ROOT / "models/churn/2/golden.csv")))
+        x = np.resize(golden, (args.rows, golden.shape[1])).astype(np.float32)
+        print(f"idle: {rss(proc.pid)}", flush=True)
+        for r in range(args.rounds):
+            results = []
+
+            def one() -> None:
+                c = triton.InferenceServerClient(addr)
+                inp = triton.InferInput("features", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
+                t0 = time.monotonic()
+                try:
+                    c.infer("churn", [inp], model_version="2", client_timeout=600)
+                    results.append(("ok", time.monotonic() - t0, ""))
+                except InferenceServerException as e:
+                    results.append((e.status(), time.monotonic() - t0, e.message()[:80]))
+
+            threads = [threading.Thread(target=one) for _ in range(args.concurrency)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ok = [d for s, d, _ in results if s == "ok"]
+            refused = [(s, d, m) for s, d, m in results if s != "ok"]
+            print(f"round {r + 1}: {rss(proc.pid)} ok={len(ok)} "
+                  f"ok_s={max(ok, default=0):.2f} refused={len(refused)} "
+                  f"refused_s={[round(d, 2) for _, d, _ in refused]} "
+                  f"{refused[0][0] + ' ' + refused[0][2] if refused else ''}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
