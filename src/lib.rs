@@ -9,6 +9,7 @@
 //! `segscore score` file job, [`train`] the smartcore trainer and [`bench`] the
 //! benchmark suite.
 
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod bench;

@@ -52,6 +52,8 @@ pub struct Metrics {
     segment_rows: IntCounterVec,
     segment_errors: IntCounterVec,
     segment_reloads: IntCounterVec,
+    allocator_allocated: IntGauge,
+    allocator_resident: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,6 +176,17 @@ impl Metrics {
                  segments keep serving and the task keeps watching)",
                 &["result"],
             ),
+            allocator_allocated: IntGauge::new(
+                "segscore_allocator_allocated_bytes",
+                "Heap bytes the process holds (jemalloc stats.allocated; grows with a leak)",
+            )
+            .expect("static metric definitions are valid; this is a bug"),
+            allocator_resident: IntGauge::new(
+                "segscore_allocator_resident_bytes",
+                "Resident bytes the heap allocator maps, freed pages not yet returned included \
+                 (jemalloc stats.resident)",
+            )
+            .expect("static metric definitions are valid; this is a bug"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -192,6 +205,8 @@ impl Metrics {
             Box::new(m.segment_rows.clone()),
             Box::new(m.segment_errors.clone()),
             Box::new(m.segment_reloads.clone()),
+            Box::new(m.allocator_allocated.clone()),
+            Box::new(m.allocator_resident.clone()),
         ];
         for c in collectors {
             m.registry
@@ -281,6 +296,12 @@ impl Metrics {
 
     /// The text exposition format of every metric.
     pub fn render(&self) -> String {
+        if let Some(heap) = crate::alloc::stats() {
+            self.allocator_allocated
+                .set(i64::try_from(heap.allocated).unwrap_or(i64::MAX));
+            self.allocator_resident
+                .set(i64::try_from(heap.resident).unwrap_or(i64::MAX));
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -102,6 +102,11 @@ async fn metrics_after_traffic_hold_histograms_with_sane_counts() {
     assert!(sum > 0.0 && sum < 100.0, "{sum}");
     assert_eq!(get(&format!("segscore_queue_depth{{{v}}}")), 0.0);
     assert_eq!(get("segscore_in_flight_requests"), 0.0);
+    // The heap as jemalloc sees it: a live server holds something, and the
+    // allocator maps at least what is held.
+    let allocated = get("segscore_allocator_allocated_bytes");
+    assert!(allocated > 0.0, "{allocated}");
+    assert!(get("segscore_allocator_resident_bytes") >= allocated);
     // churn ships two valid versions; both loaded.
     assert_eq!(get("segscore_loaded_versions{model=\"churn\"}"), 2.0);
     assert_eq!(

@@ -3,7 +3,9 @@
 Starts the release binary on 127.0.0.1 with the shipped models and sends
 ROUNDS rounds of CONCURRENCY concurrent ModelInfer requests of ROWS rows each
 (tritonclient, raw FP32 tensors). After every round it prints the server's
-resident set (VmRSS, VmHWM), how many requests were scored or refused, and how
+resident set (VmRSS, VmHWM), the heap as jemalloc reports it on /metrics
+(allocated: what the program holds, which a leak makes grow; resident: what
+the allocator maps), how many requests were scored or refused, and how
 long the refusals took to come back: a request the queue cannot take must be
 refused at once, not after its rows were decoded and encoded.
 
@@ -14,10 +16,12 @@ refused at once, not after its rows were decoded and encoded.
 import argparse
 import json
 import queue
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +42,28 @@ def rss(pid: int) -> dict:
     return out
 
 
-def start(binary: str, extra: list) -> tuple:
+def heap(metrics_addr: str) -> dict:
+    """jemalloc's allocated and resident bytes (MiB) from /metrics."""
+    text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=60).read().decode()
+    out = {}
+    for line in text.splitlines():
+        for key in ("allocated", "resident"):
+            prefix = f"segscore_allocator_{key}_bytes "
+            if line.startswith(prefix):
+                out[key] = int(float(line[len(prefix):])) // (1 << 20)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(binary: str, extra: list, metrics_addr: str) -> tuple:
     proc = subprocess.Popen(
         [binary, "--log-format", "json", "serve", "--addr", "127.0.0.1:0",
+         "--metrics-addr", metrics_addr,
          "--model-repository", str(ROOT / "models"), *extra],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: queue.Queue = queue.Queue()
@@ -60,17 +83,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--idle", type=float, default=15.0, help="seconds to idle before the last reading")
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "segscore"))
     ap.add_argument("extra", nargs="*", help="extra `serve` flags (after --)")
     args = ap.parse_args()
 
-    proc, addr = start(args.bin, args.extra)
+    metrics_addr = f"127.0.0.1:{free_port()}"
+    proc, addr = start(args.bin, args.extra, metrics_addr)
     try:
         client = triton.InferenceServerClient(addr)
         # Valid rows: the golden set, repeated.
         golden = F.to_matrix(F.impute(F.read_feature_csv(ROOT / "models/churn/2/golden.csv")))
         x = np.resize(golden, (args.rows, golden.shape[1])).astype(np.float32)
-        print(f"idle: {rss(proc.pid)}", flush=True)
+        print(f"idle: {rss(proc.pid)} heap={heap(metrics_addr)}", flush=True)
         for r in range(args.rounds):
             results = []
 
@@ -92,10 +117,14 @@ def main() -> None:
                 t.join()
             ok = [d for s, d, _ in results if s == "ok"]
             refused = [(s, d, m) for s, d, m in results if s != "ok"]
-            print(f"round {r + 1}: {rss(proc.pid)} ok={len(ok)} "
+            print(f"round {r + 1}: {rss(proc.pid)} heap={heap(metrics_addr)} ok={len(ok)} "
                   f"ok_s={max(ok, default=0):.2f} refused={len(refused)} "
                   f"refused_s={[round(d, 2) for _, d, _ in refused]} "
                   f"{refused[0][0] + ' ' + refused[0][2] if refused else ''}", flush=True)
+        # jemalloc returns dirty pages after its decay time (10 s), without
+        # any traffic: the resident set once the server has idled.
+        time.sleep(args.idle)
+        print(f"after {args.idle} s idle: {rss(proc.pid)} heap={heap(metrics_addr)}", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
