@@ -48,6 +48,7 @@ pub struct Metrics {
     score_probability: HistogramVec,
     score_value: HistogramVec,
     loaded_versions: IntGaugeVec,
+    dangling_labels: IntGaugeVec,
     model_loads: IntCounterVec,
     segment_rows: IntCounterVec,
     segment_errors: IntCounterVec,
@@ -152,6 +153,11 @@ impl Metrics {
                 "Serving (loaded) versions per model",
                 &["model"],
             ),
+            dangling_labels: gauge(
+                "segscore_dangling_labels",
+                "Labels in labels.toml that point at no serving version (see GetModel label_warnings)",
+                &["model"],
+            ),
             model_loads: counter(
                 "segscore_model_loads_total",
                 "Version loads by outcome (passed or failed the validation gate)",
@@ -201,6 +207,7 @@ impl Metrics {
             Box::new(m.score_probability.clone()),
             Box::new(m.score_value.clone()),
             Box::new(m.loaded_versions.clone()),
+            Box::new(m.dangling_labels.clone()),
             Box::new(m.model_loads.clone()),
             Box::new(m.segment_rows.clone()),
             Box::new(m.segment_errors.clone()),
@@ -271,10 +278,14 @@ impl Metrics {
 
     /// Publishes the lifecycle state: loaded versions and load outcomes per
     /// model (`succeeded`/`failed` are totals since start-up).
-    pub fn set_model_state(&self, model: &str, loaded: usize, succeeded: u64, failed: u64) {
+    pub fn set_model_state(&self, model: &str, state: ModelState) {
         self.loaded_versions
             .with_label_values(&[model])
-            .set(loaded as i64);
+            .set(state.loaded as i64);
+        self.dangling_labels
+            .with_label_values(&[model])
+            .set(state.dangling_labels as i64);
+        let (succeeded, failed) = (state.loads_succeeded, state.loads_failed);
         for (result, total) in [("passed", succeeded), ("failed", failed)] {
             let c = self.model_loads.with_label_values(&[model, result]);
             c.inc_by(total.saturating_sub(c.get()));
@@ -308,6 +319,18 @@ impl Metrics {
             .expect("encoding to a Vec cannot fail; this is a bug");
         String::from_utf8(out).expect("the text format is UTF-8; this is a bug")
     }
+}
+
+/// One model's lifecycle state, as published by [`Metrics::set_model_state`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelState {
+    /// Serving versions loaded.
+    pub loaded: usize,
+    /// Labels pointing at no serving version.
+    pub dangling_labels: usize,
+    /// Version loads since start-up that passed / failed the gate.
+    pub loads_succeeded: u64,
+    pub loads_failed: u64,
 }
 
 /// Decrements the in-flight gauge when the request is done.

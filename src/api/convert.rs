@@ -310,6 +310,11 @@ fn info_of(repository: &Repository, name: &str, transient: &Transient) -> Option
         loads_succeeded: entry.loads_succeeded,
         loads_failed: entry.loads_failed,
         canary_percent: entry.routing.canary().map_or(0.0, |(_, p)| p),
+        label_warnings: entry
+            .dangling_labels()
+            .into_iter()
+            .map(|(_, warning)| warning)
+            .collect(),
     })
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::{watch, Mutex};
 use tracing::{debug, warn};
 
 use super::{LifecycleError, Repository, ResolveError, SharedRepository, VersionStatus};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ModelState};
 
 /// Serialises repository changes and announces them.
 pub struct Lifecycle {
@@ -50,7 +50,7 @@ impl Lifecycle {
             .iter()
             .filter(|n| !repository.models().contains_key(*n))
         {
-            metrics.set_model_state(gone, 0, 0, 0);
+            metrics.set_model_state(gone, ModelState::default());
         }
         published.clear();
         for (name, entry) in repository.models() {
@@ -59,7 +59,13 @@ impl Lifecycle {
                 .values()
                 .filter(|s| matches!(s, VersionStatus::Serving(_)))
                 .count();
-            metrics.set_model_state(name, loaded, entry.loads_succeeded, entry.loads_failed);
+            let state = ModelState {
+                loaded,
+                dangling_labels: entry.dangling_labels().len(),
+                loads_succeeded: entry.loads_succeeded,
+                loads_failed: entry.loads_failed,
+            };
+            metrics.set_model_state(name, state);
             published.insert(name.clone());
         }
     }

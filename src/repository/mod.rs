@@ -86,6 +86,38 @@ impl ModelEntry {
         }
     }
 
+    /// Labels that point at no serving version (deleted, failed, or not
+    /// written yet), each with a sentence saying so and what requests get
+    /// instead. A request naming such a label fails; one that pins nothing
+    /// falls back to the highest serving version when it is `stable`. Both
+    /// are reported (log, GetModel, a gauge), never silent.
+    pub fn dangling_labels(&self) -> Vec<(String, String)> {
+        let fallback = self.default_version().map(|m| m.version());
+        self.routing
+            .labels
+            .iter()
+            .filter(|(_, v)| self.serving(**v).is_none())
+            .map(|(label, &version)| {
+                let why = match self.versions.get(&version) {
+                    None => "which is not in the repository (deleted, or not written yet)",
+                    Some(VersionStatus::Failed { .. }) => "which failed validation",
+                    Some(_) => "which is not serving",
+                };
+                let instead = match (label.as_str(), fallback) {
+                    (DEFAULT_LABEL, Some(v)) => {
+                        format!("requests that pin no version get version {v}, the highest serving")
+                    }
+                    (DEFAULT_LABEL, None) => "no version is serving".to_string(),
+                    _ => format!("requests naming `{label}` fail"),
+                };
+                (
+                    label.clone(),
+                    format!("label `{label}` points at version {version}, {why}: {instead}"),
+                )
+            })
+            .collect()
+    }
+
     /// Labels pointing at `version`, for ListModels.
     pub fn labels_of(&self, version: u64) -> Vec<String> {
         self.routing
@@ -223,6 +255,17 @@ impl Repository {
                 entry.routing = routing;
             }
             changed |= retire_old_versions(entry, name, self.config.keep_versions, &self.tracker);
+            // A label whose version went away (or never came) no longer
+            // applies: say so once, when it starts dangling.
+            let before = self.models.get(name).map(ModelEntry::dangling_labels);
+            for (label, warning) in entry.dangling_labels() {
+                let known = before
+                    .as_ref()
+                    .is_some_and(|b| b.iter().any(|(l, w)| *l == label && *w == warning));
+                if !known {
+                    warn!(model = %name, label = %label, "{warning}");
+                }
+            }
         }
         let removed: Vec<String> = next
             .models

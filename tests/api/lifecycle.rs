@@ -650,3 +650,87 @@ fn models_validate_runs_the_breaking_change_check_like_the_server() {
         String::from_utf8_lossy(&ok.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_left_pointing_at_a_deleted_version_is_reported_not_silent() {
+    let dir = copy_models();
+    let root = dir.path().to_path_buf();
+    // No watcher: each change is applied by an admin Reload (a synchronous
+    // rescan), so every check below follows the event it is about.
+    let app = spawn_app_with(&root, |a| {
+        a.watch_interval_ms = 0;
+        a.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let churn = latest_version("churn");
+    let reload = || async {
+        let mut admin = app.admin().await;
+        admin
+            .reload(pb::ReloadRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .models
+    };
+    let churn_info =
+        |models: Vec<pb::ModelInfo>| models.into_iter().find(|m| m.name == "churn").unwrap();
+    fs::write(root.join("churn/labels.toml"), "stable = 1\nvip = 1\n").unwrap();
+    let info = churn_info(reload().await);
+    assert_eq!(info.default_version, 1);
+    assert!(info.label_warnings.is_empty(), "{:?}", info.label_warnings);
+
+    fs::remove_dir_all(root.join("churn/1")).unwrap();
+    let info = churn_info(reload().await);
+    // Requests that pin nothing get the highest serving version, and the
+    // model says why: the labels no longer apply.
+    assert_eq!(info.default_version, churn);
+    assert_eq!(info.label_warnings.len(), 2, "{:?}", info.label_warnings);
+    let stable = info
+        .label_warnings
+        .iter()
+        .find(|w| w.contains("`stable`"))
+        .unwrap();
+    assert!(
+        stable.contains("version 1, which is not in the repository")
+            && stable.contains(&format!("get version {churn}")),
+        "{stable}"
+    );
+    let vip = info
+        .label_warnings
+        .iter()
+        .find(|w| w.contains("`vip`"))
+        .unwrap();
+    assert!(vip.contains("requests naming `vip` fail"), "{vip}");
+    let by_label = pb::ModelRef {
+        name: "churn".into(),
+        version: 0,
+        label: "vip".into(),
+    };
+    let err = app
+        .score(request(matrix(full_rows(1)), vec![by_label]))
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    crate::metrics::wait_for_metric(
+        app.metrics_addr.unwrap(),
+        "segscore_dangling_labels{model=\"churn\"}",
+        2.0,
+    )
+    .await;
+
+    // Pointing the labels at a serving version clears the warnings.
+    fs::write(
+        root.join("churn/labels.toml"),
+        format!("stable = {churn}\nvip = {churn}\n"),
+    )
+    .unwrap();
+    let info = churn_info(reload().await);
+    assert!(info.label_warnings.is_empty(), "{:?}", info.label_warnings);
+    let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(
+        crate::metrics::sample(&text, "segscore_dangling_labels{model=\"churn\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    app.stop().await.unwrap();
+}
