@@ -2,6 +2,7 @@
 //! connected client, stop it with a oneshot.
 
 use std::{
+    fs,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -395,4 +396,39 @@ impl Backend for GatedBackend {
     fn outputs_per_row(&self) -> usize {
         self.inner.outputs_per_row()
     }
+}
+
+/// Adds `models/<name>/<version>` as a copy of `<name>/<from>`, then lets
+/// `breakage` damage it.
+pub fn add_version(
+    root: &Path,
+    name: &str,
+    from: u64,
+    version: u64,
+    breakage: impl FnOnce(&Path, &mut String),
+) {
+    let src = root.join(name).join(from.to_string());
+    let dst = root.join(name).join(version.to_string());
+    copy_dir(&src, &dst);
+    let mut manifest = fs::read_to_string(dst.join("model.toml")).unwrap();
+    manifest = manifest.replace(
+        &format!("version = {from}\n"),
+        &format!("version = {version}\n"),
+    );
+    breakage(&dst, &mut manifest);
+    fs::write(dst.join("model.toml"), manifest).unwrap();
+}
+
+/// Writes a rules file of `segments` (name, rule) atomically.
+pub fn write_rules(path: &Path, segments: &[(&str, &str)]) {
+    let mut text = String::from("[constants]\nMIN_FREQUENCY = 3\n");
+    for (name, rule) in segments {
+        text.push_str(&format!(
+            "[[segments]]\nname = \"{name}\"\ndescription = \"test\"\nrule = '''{rule}'''\n"
+        ));
+    }
+    // Write then rename, as deploys do, so the watcher never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }

@@ -8,6 +8,7 @@ mod bad_input;
 mod bulk;
 mod cli;
 mod clustering;
+mod corpus;
 mod inference;
 mod lifecycle;
 mod metrics;

@@ -147,7 +147,7 @@ fn scores_of<'a>(resp: &'a pb::ScoreResponse, name: &str) -> &'a pb::ModelScores
         .unwrap_or_else(|| panic!("model {name} in the response"))
 }
 
-fn membership<'a>(resp: &'a pb::ScoreResponse, name: &str) -> &'a pb::SegmentMembership {
+pub(crate) fn membership<'a>(resp: &'a pb::ScoreResponse, name: &str) -> &'a pb::SegmentMembership {
     resp.segments
         .iter()
         .find(|s| s.name == name)
@@ -275,20 +275,7 @@ async fn membership_matches_the_rules_recomputed_in_plain_rust() {
     app.stop().await.unwrap();
 }
 
-fn write_rules(path: &Path, segments: &[(&str, &str)]) {
-    let mut text = String::from("[constants]\nMIN_FREQUENCY = 3\n");
-    for (name, rule) in segments {
-        text.push_str(&format!(
-            "[[segments]]\nname = \"{name}\"\ndescription = \"test\"\nrule = '''{rule}'''\n"
-        ));
-    }
-    // Write then rename, as deploys do, so the watcher never reads half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn list(app: &TestApp) -> Vec<pb::SegmentInfo> {
+pub(crate) async fn list(app: &TestApp) -> Vec<pb::SegmentInfo> {
     app.client
         .clone()
         .list_segments(pb::ListSegmentsRequest {})
@@ -298,7 +285,7 @@ async fn list(app: &TestApp) -> Vec<pb::SegmentInfo> {
         .segments
 }
 
-fn frequency_rows() -> pb::FeatureMatrix {
+pub(crate) fn frequency_rows() -> pb::FeatureMatrix {
     let mut column = i64_col("frequency", vec![5, 1, 3, 9]);
     column.missing_rows = vec![3];
     matrix(vec![column])
@@ -391,7 +378,7 @@ async fn bad_rules_are_refused_precisely_and_the_others_still_work() {
 }
 
 /// Polls ListSegments until `ok` holds (the reload is asynchronous).
-async fn eventually(app: &TestApp, what: &str, ok: impl Fn(&[pb::SegmentInfo]) -> bool) {
+pub(crate) async fn eventually(app: &TestApp, what: &str, ok: impl Fn(&[pb::SegmentInfo]) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let infos = list(app).await;
@@ -610,132 +597,4 @@ fn segments_cli_checks_files_and_compares_scored_files() {
     assert_eq!(line["baseline"]["entered"], 1);
     assert_eq!(line["baseline"]["left"], 1);
     assert!((line["baseline"]["jaccard"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
-}
-
-/// Rules that took cel 0.15's parser (and with it the process, or the
-/// reload task) down: a syntax error past character 65,535.
-fn parser_crashers() -> [String; 2] {
-    [
-        format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000)),
-        format!(
-            "{} &&& )",
-            vec!["features.frequency > 1"; 3_500].join(" || ")
-        ),
-    ]
-}
-
-/// A rules file is untrusted input (issue 16): a rule that crashed the
-/// parser refuses its segment at start-up; at reload, an edit into such a
-/// rule is refused while the previous rule keeps serving, and the task keeps
-/// watching: the next good edit is picked up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rule_that_crashed_the_parser_is_refused_at_start_up_and_at_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("segments.toml");
-    let [parens, terms] = parser_crashers();
-    write_rules(
-        &rules,
-        &[
-            ("frequent", "features.frequency >= MIN_FREQUENCY"),
-            ("parens", &parens),
-            ("terms", &terms),
-        ],
-    );
-    let app = spawn_app_with(&shipped_models(), |a| {
-        a.segments = Some(rules.clone());
-        a.watch_interval_ms = 200;
-        a.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let infos = list(&app).await;
-    let state = |name: &str| infos.iter().find(|s| s.name == name).unwrap();
-    assert_eq!(state("frequent").state(), pb::SegmentState::Ready);
-    for name in ["parens", "terms"] {
-        assert_eq!(state(name).state(), pb::SegmentState::Failed);
-        assert!(
-            state(name).reason.contains("over the limit of 4096"),
-            "{name}: {}",
-            state(name).reason
-        );
-    }
-    let app_ref = &app;
-    let frequent = || async move {
-        let resp = app_ref
-            .score(pb::ScoreRequest {
-                features: Some(frequency_rows()),
-                segments: vec!["frequent".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        membership(&resp, "frequent").member_rows.clone()
-    };
-    assert_eq!(frequent().await, [0, 2]);
-
-    // The good rule is edited into a crasher: refused, the previous rule
-    // keeps serving and says why.
-    write_rules(&rules, &[("frequent", &parens)]);
-    eventually(&app, "edit refused", |s| {
-        s.len() == 1
-            && s[0].state() == pb::SegmentState::Ready
-            && s[0].rule == "features.frequency >= MIN_FREQUENCY"
-            && s[0]
-                .reason
-                .starts_with("edit refused, the previous rule keeps serving: ")
-            && s[0].reason.contains("over the limit of 4096")
-    })
-    .await;
-    assert_eq!(frequent().await, [0, 2]);
-
-    // The task still watches: a good edit is picked up.
-    write_rules(&rules, &[("frequent", "features.frequency >= 5")]);
-    eventually(&app, "good edit", |s| {
-        s.len() == 1
-            && s[0].state() == pb::SegmentState::Ready
-            && s[0].rule == "features.frequency >= 5"
-            && s[0].reason.is_empty()
-    })
-    .await;
-    assert_eq!(frequent().await, [0]);
-    let (_, text) = crate::metrics::http_get(app.metrics_addr.unwrap(), "/metrics").await;
-    assert!(!text.contains("result=\"panicked\""), "{text}");
-    assert!(!app.handle.as_ref().unwrap().is_finished());
-    app.stop().await.unwrap();
-}
-
-#[test]
-fn segments_check_refuses_a_parser_crasher_without_crashing() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("segments.toml");
-    let [parens, _] = parser_crashers();
-    write_rules(
-        &rules,
-        &[("ok", "features.frequency >= 3"), ("parens", &parens)],
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"))
-        .args(["segments", "check"])
-        .arg(&rules)
-        .arg("--models")
-        .arg(shipped_models())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("ok      ok"), "{stdout}");
-    assert!(
-        stdout.contains("FAILED  parens: the rule is 200004 bytes long, over the limit of 4096"),
-        "{stdout}"
-    );
-
-    // `serve --segments` starts and serves with the same file.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"));
-    command
-        .args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
-        .args(["--workers", "1", "--segments"])
-        .arg(&rules)
-        .arg("--models")
-        .arg(shipped_models())
-        .env_remove("RUST_LOG");
-    let mut server = ServedBinary::start(command);
-    assert!(server.terminate().success());
 }

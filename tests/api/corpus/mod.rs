@@ -2,11 +2,11 @@
 //! segscore.v1 and the KServe V2 Open Inference Protocol, each with the exact
 //! gRPC status it gets and a distinctive fragment of its message. No message
 //! may echo a feature value or an entity id. After the corpus the server is
-//! still up, still scores the golden sets, and nothing panicked.
+//! still up, still scores the golden sets, and nothing panicked. The attacks
+//! on the files the server reads (model repository, rules file) are in
+//! [`files`].
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod files;
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -28,7 +28,7 @@ use segscore::{
 };
 use tonic::{codegen::http::uri::PathAndQuery, transport::Channel, Code, Status};
 
-use helpers::*;
+use crate::helpers::*;
 
 // ---------------------------------------------------------------------------
 // Request builders
