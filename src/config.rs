@@ -130,7 +130,10 @@ fn parse_task(s: &str) -> Result<crate::repository::Task, String> {
         "multiclass_classification" => Ok(Task::MulticlassClassification),
         "regression" => Ok(Task::Regression),
         "clustering" => Ok(Task::Clustering),
-        _ => Err("expected binary_classification, multiclass_classification, regression or clustering".into()),
+        _ => Err(
+            "expected binary_classification, multiclass_classification, regression or clustering"
+                .into(),
+        ),
     }
 }
 

@@ -213,7 +213,9 @@ impl Metrics {
         let version = manifest.version.to_string();
         let labels = [manifest.name.as_str(), version.as_str()];
         let scores = match manifest.task {
-            Task::BinaryClassification | Task::MulticlassClassification => Some(self.score_probability.with_label_values(&labels)),
+            Task::BinaryClassification | Task::MulticlassClassification => {
+                Some(self.score_probability.with_label_values(&labels))
+            }
             Task::Regression => Some(self.score_value.with_label_values(&labels)),
             Task::Clustering => None,
         };

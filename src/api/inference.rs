@@ -213,7 +213,13 @@ fn label_tensor(
     labels: &[String],
     integers: bool,
     raw: bool,
-) -> Result<(oip::model_infer_response::InferOutputTensor, Option<Vec<u8>>), ApiError> {
+) -> Result<
+    (
+        oip::model_infer_response::InferOutputTensor,
+        Option<Vec<u8>>,
+    ),
+    ApiError,
+> {
     let rows = labels.len();
     if integers {
         let values: Vec<i64> = labels
@@ -223,7 +229,10 @@ fn label_tensor(
             .map_err(|_| ApiError::Internal("a class label is not an integer".into()))?;
         let mut output = tensor(LABEL_OUTPUT, "INT64", rows);
         if raw {
-            return Ok((output, Some(values.iter().flat_map(|v| v.to_le_bytes()).collect())));
+            return Ok((
+                output,
+                Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            ));
         }
         output.contents = Some(oip::InferTensorContents {
             int64_contents: values,

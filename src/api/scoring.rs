@@ -410,9 +410,8 @@ fn merge_split(
     // Class outputs survive the merge only when both versions have the same
     // number of classes; otherwise rows would not line up.
     let width = primary.classes_width();
-    let classes = !primary.labels.is_empty()
-        && !canary.labels.is_empty()
-        && width == canary.classes_width();
+    let classes =
+        !primary.labels.is_empty() && !canary.labels.is_empty() && width == canary.classes_width();
     let mut out = ModelOutput {
         scores: Vec::with_capacity(rows),
         cluster_ids: Vec::with_capacity(if clustering { rows } else { 0 }),

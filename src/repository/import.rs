@@ -183,11 +183,9 @@ pub fn import(request: &ImportRequest, engine: &EngineConfig) -> Result<Imported
     check_name(&request.name)?;
     let model_cap = Cap::new(engine.max_model_bytes, "--max-model-bytes");
     let (model, sha256) =
-        files::read_named_hashed(&request.onnx, model_cap).map_err(|source| {
-            ImportError::Read {
-                file: request.onnx.clone(),
-                source,
-            }
+        files::read_named_hashed(&request.onnx, model_cap).map_err(|source| ImportError::Read {
+            file: request.onnx.clone(),
+            source,
         })?;
     let sample_cap = Cap::new(MAX_SAMPLE_BYTES, "the sample limit (64 MiB)");
     let (sample_bytes, _) =
@@ -248,7 +246,8 @@ pub fn import(request: &ImportRequest, engine: &EngineConfig) -> Result<Imported
     manifest.check_classes().map_err(ImportError::Task)?;
     manifest.card = card(request, &manifest, producer, sample.rows.len());
     let golden = golden_csv(&manifest, &model, &sample, golden_rows, engine)?;
-    let manifest_toml = toml::to_string(&manifest).map_err(|e| ImportError::Engine(e.to_string()))?;
+    let manifest_toml =
+        toml::to_string(&manifest).map_err(|e| ImportError::Engine(e.to_string()))?;
     let dir = request
         .model_repository
         .join(&request.name)
@@ -438,7 +437,11 @@ fn bind_features(
         .zip(dtypes)
         .zip(widths)
         .map(|((input, dtype), width)| {
-            let take = if width < 0 { (total - known) as usize } else { width as usize };
+            let take = if width < 0 {
+                (total - known) as usize
+            } else {
+                width as usize
+            };
             GraphInput {
                 name: input.name.clone(),
                 dtype,
@@ -589,15 +592,23 @@ pub fn widened_range(values: &[f64], integer: bool) -> (f64, f64) {
     let span = max - min;
     let pad = if span > 0.0 { span / 2.0 } else { 1.0 };
     let mut lo = min - pad;
-    let mut hi = max + pad;
+    let hi = max + pad;
     if min >= 0.0 {
         lo = lo.max(0.0);
     }
     if integer {
-        lo = lo.floor();
-        hi = hi.ceil();
+        return (lo.floor(), hi.ceil());
     }
-    (lo, hi)
+    // Outwards to three significant digits of the padding, so the manifest
+    // reads `max = 106.7`, not `106.69999999999999`.
+    let digits = (2 - pad.log10().floor() as i32).clamp(0, 12) as usize;
+    let step = 10f64.powi(-(digits as i32));
+    let round = |v: f64, f: fn(f64) -> f64| -> f64 {
+        format!("{:.digits$}", f(v / step) * step)
+            .parse()
+            .unwrap_or(v)
+    };
+    (round(lo, f64::floor).min(lo), round(hi, f64::ceil).max(hi))
 }
 
 /// Task, score spec and classes from the graph's outputs.
@@ -681,7 +692,11 @@ fn detect_task(
         };
         // Binary: the second class, sklearn's `classes_[1]` (1, True, the
         // larger label): what "probability of the positive class" means there.
-        let column = if task == Task::BinaryClassification { 1 } else { 0 };
+        let column = if task == Task::BinaryClassification {
+            1
+        } else {
+            0
+        };
         return Ok((
             task,
             ScoreSpec {
@@ -779,7 +794,10 @@ fn card(
             ),
         );
     }
-    put("intended_use", "TODO: who may use these scores, for what".into());
+    put(
+        "intended_use",
+        "TODO: who may use these scores, for what".into(),
+    );
     put("data", "TODO: training data, period, population".into());
     put("metrics", "TODO: validation metrics".into());
     card
@@ -1051,8 +1069,8 @@ mod graph {
         }
         // skl2onnx writes KMeans as distance arithmetic ending in ArgMin,
         // with no classifier node.
-        summary.clustering = summary.classes.is_none()
-            && graph.node.iter().any(|n| n.op_type == "ArgMin");
+        summary.clustering =
+            summary.classes.is_none() && graph.node.iter().any(|n| n.op_type == "ArgMin");
         Ok(summary)
     }
 }
@@ -1121,10 +1139,7 @@ mod tests {
             tensor("city", TensorElementType::String, &[-1, 1]),
         ];
         let err = bind_features(&request(None), &inputs, &s).unwrap_err();
-        assert!(
-            err.to_string().contains("has no column `city`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("has no column `city`"), "{err}");
     }
 
     #[test]
@@ -1137,18 +1152,38 @@ mod tests {
         assert_eq!((n.dtype, n.min, n.max), (DType::I64, Some(0.0), Some(14.0)));
         assert_eq!(n.missing, MissingPolicy::Reject);
         let neg = infer_feature(p, "d", GraphDtype::Float64, &["-1.0", "0.5"]).unwrap();
-        assert_eq!((neg.dtype, neg.min, neg.max), (DType::F64, Some(-1.75), Some(1.25)));
+        assert_eq!(
+            (neg.dtype, neg.min, neg.max),
+            (DType::F64, Some(-1.75), Some(1.25))
+        );
         let b = infer_feature(p, "b", GraphDtype::Float32, &["true", "False", "", "TRUE"]).unwrap();
         assert_eq!(b.dtype, DType::Bool);
         assert_eq!(b.missing, MissingPolicy::Impute(ImputeValue::Bool(true)));
         let c = infer_feature(p, "c", GraphDtype::String, &["nyc", "sf", "nyc", ""]).unwrap();
         assert_eq!(c.categories, ["nyc", "sf"]);
-        assert_eq!(c.missing, MissingPolicy::Impute(ImputeValue::Text("nyc".into())));
+        assert_eq!(
+            c.missing,
+            MissingPolicy::Impute(ImputeValue::Text("nyc".into()))
+        );
         let err = infer_feature(p, "t", GraphDtype::Float32, &["1", "oops"]).unwrap_err();
         assert!(err.to_string().contains("row 1"), "{err}");
-        assert!(!err.to_string().contains("oops"), "values stay out of messages: {err}");
+        assert!(
+            !err.to_string().contains("oops"),
+            "values stay out of messages: {err}"
+        );
         assert!(infer_feature(p, "e", GraphDtype::Float32, &["", ""]).is_err());
         assert_eq!(widened_range(&[5.0], false), (4.0, 6.0));
+        // Outward and short: never narrower than the rule, no float noise.
+        let (lo, hi) = widened_range(&[18.3, 79.1], false);
+        assert_eq!(lo, 0.0);
+        assert!((79.1 + 30.4..=109.6).contains(&hi), "{hi}");
+        assert!(format!("{hi}").len() <= 5, "{hi}");
+        let (lo, hi) = widened_range(&[0.123_456, 0.2], false);
+        assert!(
+            lo <= 0.123_456 - 0.038_272 && hi >= 0.2 + 0.038_272,
+            "{lo} {hi}"
+        );
+        assert_eq!(format!("{hi}"), "0.2383");
     }
 
     #[test]
@@ -1180,7 +1215,10 @@ mod tests {
         assert_eq!(classes, ["a", "b", "c"]);
         let regression = [tensor("variable", TensorElementType::Float32, &[-1, 1])];
         let (task, score, _) = detect_task(None, &regression, &graph::Summary::default()).unwrap();
-        assert_eq!((task, score.output.as_str()), (Task::Regression, "variable"));
+        assert_eq!(
+            (task, score.output.as_str()),
+            (Task::Regression, "variable")
+        );
         let kmeans = graph::Summary {
             classes: None,
             clustering: true,

@@ -624,7 +624,9 @@ fn check_golden_labels(
         return Ok(());
     };
     for (row, (probabilities, want)) in raw.chunks_exact(width).zip(&labels).enumerate() {
-        let got = classes.get(argmax(probabilities)).map_or("", String::as_str);
+        let got = classes
+            .get(argmax(probabilities))
+            .map_or("", String::as_str);
         if got != want {
             return Err(format!(
                 "row {row}: predicted class `{got}` differs from the expected class `{want}`"

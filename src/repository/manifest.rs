@@ -171,11 +171,13 @@ impl ScorePicker {
 
     /// The scores of row-major `values`.
     pub fn scores(self, values: &[f32]) -> impl Iterator<Item = f32> + '_ {
-        values.chunks(self.width().max(1)).map(move |row| match self {
-            ScorePicker::Single => row[0],
-            ScorePicker::Column { column, .. } => row.get(column).copied().unwrap_or(f32::NAN),
-            ScorePicker::Max { .. } => row[argmax(row)],
-        })
+        values
+            .chunks(self.width().max(1))
+            .map(move |row| match self {
+                ScorePicker::Single => row[0],
+                ScorePicker::Column { column, .. } => row.get(column).copied().unwrap_or(f32::NAN),
+                ScorePicker::Max { .. } => row[argmax(row)],
+            })
     }
 }
 

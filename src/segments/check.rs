@@ -192,7 +192,11 @@ fn label_select(expr: &IdedExpr) -> Option<&str> {
 }
 
 /// Resolves `scores.m.label`: a classifier with class labels.
-fn resolve_label(catalog: &Catalog, expr: &IdedExpr, model: &str) -> Result<(Var, Type), CheckError> {
+fn resolve_label(
+    catalog: &Catalog,
+    expr: &IdedExpr,
+    model: &str,
+) -> Result<(Var, Type), CheckError> {
     match catalog.models.get(model) {
         Some(Task::BinaryClassification | Task::MulticlassClassification) => {
             Ok((Var::Label(model.to_owned()), Type::String))
