@@ -273,3 +273,74 @@ impl Manifest {
         toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str, version: u64) -> Manifest {
+        let path = format!(
+            "{}/models/{name}/{version}/{MANIFEST_FILE}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Manifest::read(path.as_ref()).unwrap()
+    }
+
+    #[test]
+    fn shipped_manifests_have_no_classes_and_keep_one_score() {
+        let m = shipped("churn", 2);
+        assert!(m.classes.is_empty() && m.inputs.is_empty());
+        assert_eq!(ScorePicker::of(&m), ScorePicker::Single);
+        m.check_classes().unwrap();
+        // Round trip: the new keys are not written when empty.
+        let text = toml::to_string(&m).unwrap();
+        assert!(
+            !text.contains("classes") && !text.contains("[[inputs]]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn classes_must_agree_with_the_task() {
+        let mut m = shipped("churn", 2);
+        m.classes = vec!["no".into(), "yes".into()];
+        m.score.column = 1;
+        m.check_classes().unwrap();
+        assert_eq!(
+            ScorePicker::of(&m),
+            ScorePicker::Column {
+                column: 1,
+                width: 2
+            }
+        );
+        m.score.column = 2;
+        assert!(m.check_classes().unwrap_err().contains("score.column 2"));
+        m.score.column = 1;
+        m.classes.push("maybe".into());
+        assert!(m.check_classes().unwrap_err().contains("3 `classes`"));
+        m.task = Task::MulticlassClassification;
+        m.check_classes().unwrap();
+        assert_eq!(ScorePicker::of(&m), ScorePicker::Max { width: 3 });
+        m.classes = vec!["a".into(), "a".into()];
+        assert!(m.check_classes().unwrap_err().contains("twice"));
+        m.classes.clear();
+        assert!(m.check_classes().unwrap_err().contains("needs `classes`"));
+        m.task = Task::Regression;
+        m.classes = vec!["a".into(), "b".into()];
+        assert!(m.check_classes().is_err());
+    }
+
+    #[test]
+    fn picked_scores_follow_the_task() {
+        let values = [0.2, 0.8, 0.7, 0.3];
+        let column = ScorePicker::Column {
+            column: 1,
+            width: 2,
+        };
+        assert_eq!(column.scores(&values).collect::<Vec<_>>(), [0.8, 0.3]);
+        let max = ScorePicker::Max { width: 2 };
+        assert_eq!(max.scores(&values).collect::<Vec<_>>(), [0.8, 0.7]);
+        assert_eq!(argmax(&[0.1, 0.5, 0.5]), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.2]), 1);
+    }
+}
