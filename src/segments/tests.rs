@@ -596,7 +596,7 @@ fn a_classifier_s_label_feeds_rules_compiled_and_interpreted_alike() {
     let err =
         compile_one("[1].exists(x, x == 1) && scores.offer.label == \"a\" && scores.offer > 0.5");
     assert!(
-        err.unwrap_err().contains("cannot read both"),
+        err.err().unwrap().contains("cannot read both"),
         "the interpreter binds one value per model"
     );
 }
