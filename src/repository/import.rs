@@ -634,6 +634,13 @@ fn detect_task(
                 .filter(|_| graph.classes.is_some())
         });
     let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+    if graph.zipmap && probabilities.is_none() {
+        return Err(ImportError::Task(format!(
+            "the classifier's probabilities {names:?} are a ZipMap (a list of dicts), not a \
+             tensor: export it without ZipMap (skl2onnx: options={{id(model): {{'zipmap': False}}}}, \
+             onnxmltools: zipmap=False)"
+        )));
+    }
     if forced == Some(Task::Clustering) || forced.is_none() && graph.clustering {
         return Err(ImportError::Task(
             "this graph is a clustering model (KMeans); segscore serves clustering models \
@@ -1023,6 +1030,8 @@ mod graph {
         pub classes: Option<Vec<String>>,
         /// A KMeans-style graph with no classifier node.
         pub clustering: bool,
+        /// The probabilities go through ZipMap (a sequence of maps).
+        pub zipmap: bool,
         /// Who wrote the file (`skl2onnx 1.20.0`), for the card.
         pub producer_name: String,
         pub producer_version: String,
@@ -1046,6 +1055,7 @@ mod graph {
             producer_version: model.producer_version,
             ..Summary::default()
         };
+        summary.zipmap = graph.node.iter().any(|n| n.op_type == "ZipMap");
         for node in &graph.node {
             if !CLASSIFIERS.contains(&node.op_type.as_str()) || summary.classes.is_some() {
                 continue;

@@ -338,6 +338,28 @@ def test_import_errors_are_precise(tmp_path):
     assert not (repo / "m").exists() or not any((repo / "m").iterdir())
 
 
+def test_bad_onnx_and_zipmap_classifiers_are_refused_with_the_fix(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    sample = tmp_path / "sample.csv"
+    frame = numeric_frame(50, ["a", "b"])
+    frame.to_csv(sample, index=False)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not an onnx model" * 10)
+    proc = segscore("models", "import", "--onnx", garbage, "--sample", sample, "--name", "g",
+                    "--model-repository", tmp_path / "repo", check=False)
+    assert proc.returncode == 1 and "not a usable ONNX model" in proc.stderr, proc.stderr
+    model = LogisticRegression().fit(frame.values, frame["a"] > 50)
+    zipmap = tmp_path / "zipmap.onnx"
+    zipmap.write_bytes(to_onnx(model, initial_types=[("input", FloatTensorType([None, 2]))],
+                               target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())
+    proc = segscore("models", "import", "--onnx", zipmap, "--sample", sample, "--name", "z",
+                    "--model-repository", tmp_path / "repo", check=False)
+    assert proc.returncode == 1 and "zipmap" in proc.stderr, proc.stderr
+
+
 def test_dry_run_prints_the_manifest_and_writes_nothing(tmp_path):
     onnx_path, frame = write_onnx(tmp_path, "m", lgbm_binary)
     sample = tmp_path / "sample.csv"
