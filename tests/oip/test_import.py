@@ -406,3 +406,31 @@ def test_a_multiclass_label_feeds_a_segment_rule(imported, tmp_path, remote):
     expected = np.asarray(case["reference"][0]) == "premium"
     assert expected.any() and not expected.all()
     np.testing.assert_array_equal(scored["segment:premium_offer"].astype(bool).values, expected)
+
+
+def test_one_command_takes_a_model_to_serving_on_a_running_server(imported, tmp_path):
+    """The issue's "done when": model.onnx + sample CSV -> SERVING, with the
+    server already running (its repository watcher picks the version up)."""
+    import time
+
+    onnx_path, frame = write_onnx(tmp_path, "late", lgbm_binary)
+    sample = tmp_path / "sample.csv"
+    frame.to_csv(sample, index=False)
+    segscore("models", "import", "--onnx", onnx_path, "--sample", sample,
+             "--name", "late_arrival", "--model-repository", imported["repo"])
+    client = triton.InferenceServerClient(url=imported["addr"])
+    # A readiness poll, bounded generously; it returns as soon as it is ready.
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if client.is_model_ready("late_arrival"):
+                break
+        except triton.InferenceServerException:
+            pass  # NOT_FOUND until the watcher has seen the new model
+        assert time.monotonic() < deadline, "late_arrival never became ready"
+        time.sleep(0.05)
+    x = frame.values.astype(np.float32)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    result = infer(imported["addr"], "late_arrival", {"input": x}, ["score"])
+    np.testing.assert_allclose(result.as_numpy("score"), session.run(None, {"input": x})[1][:, 1],
+                               rtol=1e-5, atol=1e-6)
