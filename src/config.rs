@@ -108,6 +108,11 @@ pub struct ImportArgs {
     /// sample has other columns too or the graph's inputs do not name them.
     #[arg(long, env = "SEGSCORE_IMPORT_FEATURES", value_delimiter = ',')]
     pub features: Option<Vec<String>>,
+    /// Binary classifiers: the class label whose probability is the score.
+    /// Default: the second class (label 1, True, or the later of two sorted
+    /// string labels), as sklearn's `predict_proba(x)[:, 1]`.
+    #[arg(long, env = "SEGSCORE_IMPORT_POSITIVE_CLASS", value_name = "LABEL")]
+    pub positive_class: Option<String>,
     /// Model repository root the version is written into.
     #[arg(
         long,

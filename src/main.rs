@@ -124,6 +124,7 @@ fn import_model(args: config::ImportArgs) -> anyhow::Result<()> {
         name: args.name,
         task: args.task,
         features: args.features,
+        positive_class: args.positive_class,
         model_repository: args.model_repository,
         dry_run: args.dry_run,
     };

@@ -76,6 +76,10 @@ pub struct ImportRequest {
     /// The features in the graph's column order, when the sample header or
     /// the graph cannot say.
     pub features: Option<Vec<String>>,
+    /// Binary classifiers: the class whose probability is the score, when
+    /// it is not the second one (string labels sort alphabetically:
+    /// `["churned", "stayed"]` would otherwise score `stayed`).
+    pub positive_class: Option<String>,
     pub model_repository: PathBuf,
     /// Build and check everything, write nothing.
     pub dry_run: bool,
@@ -220,7 +224,19 @@ pub fn import(request: &ImportRequest, engine: &EngineConfig) -> Result<Imported
 
     let graph_inputs = bind_features(request, &inputs, &sample)?;
     let features = infer_features(&request.sample, &graph_inputs, &sample)?;
-    let (task, score, classes) = detect_task(request.task, &outputs, &graph)?;
+    let (task, mut score, classes) = detect_task(request.task, &outputs, &graph)?;
+    if let Some(positive) = &request.positive_class {
+        if task != Task::BinaryClassification {
+            return Err(ImportError::Task(format!(
+                "--positive-class is for binary classifiers; this model is {task:?}"
+            )));
+        }
+        score.column = classes.iter().position(|c| c == positive).ok_or_else(|| {
+            ImportError::Task(format!(
+                "--positive-class `{positive}` is not one of the model's classes {classes:?}"
+            ))
+        })?;
+    }
 
     let version = next_version(&request.model_repository.join(&request.name))?;
     let golden_rows = sample.rows.len().min(GOLDEN_ROWS);
@@ -795,7 +811,10 @@ fn card(
             "score_meaning",
             format!(
                 "probability of class `{}` (column {} of `{}`)",
-                manifest.classes.get(1).map_or("1", String::as_str),
+                manifest
+                    .classes
+                    .get(manifest.score.column)
+                    .map_or("1", String::as_str),
                 manifest.score.column,
                 manifest.score.output
             ),
@@ -1108,6 +1127,7 @@ mod tests {
             name: "m".into(),
             task: None,
             features: features.map(|f| f.iter().map(|s| s.to_string()).collect()),
+            positive_class: None,
             model_repository: "repo".into(),
             dry_run: true,
         }

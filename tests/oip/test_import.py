@@ -434,3 +434,32 @@ def test_one_command_takes_a_model_to_serving_on_a_running_server(imported, tmp_
     result = infer(imported["addr"], "late_arrival", {"input": x}, ["score"])
     np.testing.assert_allclose(result.as_numpy("score"), session.run(None, {"input": x})[1][:, 1],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_positive_class_picks_the_score_column_by_label(tmp_path):
+    """String labels sort alphabetically: with classes ["churned", "stayed"]
+    the default score would be P(stayed); --positive-class churned says which."""
+    from sklearn.linear_model import LogisticRegression
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    frame = numeric_frame(200, ["a", "b"])
+    y = np.where(frame["a"] > 50, "churned", "stayed")
+    model = LogisticRegression().fit(frame.values, y)
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(to_onnx(model, initial_types=[("input", FloatTensorType([None, 2]))],
+                                  options={id(model): {"zipmap": False}},
+                                  target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())
+    sample = tmp_path / "sample.csv"
+    frame.to_csv(sample, index=False)
+
+    def manifest(*extra, check=True):
+        return segscore("models", "import", "--onnx", onnx_path, "--sample", sample, "--name", "m",
+                        "--model-repository", tmp_path / "repo", "--dry-run", *extra, check=check)
+
+    default = manifest().stdout
+    assert 'classes = ["churned", "stayed"]' in default and "column = 1" in default
+    picked = manifest("--positive-class", "churned").stdout
+    assert "column = 0" in picked and "probability of class `churned`" in picked
+    wrong = manifest("--positive-class", "maybe", check=False)
+    assert wrong.returncode == 1 and "is not one of the model's classes" in wrong.stderr
