@@ -79,6 +79,67 @@ pub enum ModelsCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Import a foreign ONNX model (skl2onnx, onnxmltools, …) as the next
+    /// version of NAME: reads its signature, infers the feature schema from
+    /// a sample CSV, computes the golden set with the real engine, checks
+    /// the version like the server does and only then moves it into place.
+    Import(ImportArgs),
+}
+
+/// `segscore models import`; the rules are in `repository::import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The ONNX model file.
+    #[arg(long, env = "SEGSCORE_IMPORT_ONNX", value_name = "FILE")]
+    pub onnx: PathBuf,
+    /// A CSV with a header row and feature rows (a few hundred are enough):
+    /// feature names, dtypes, ranges, categories and missing policies are
+    /// inferred from it, and its first 200 rows become the golden set.
+    #[arg(long, env = "SEGSCORE_IMPORT_SAMPLE", value_name = "CSV")]
+    pub sample: PathBuf,
+    /// The model's name (its directory under the repository).
+    #[arg(long, env = "SEGSCORE_IMPORT_NAME")]
+    pub name: String,
+    /// Override the detected task: binary_classification,
+    /// multiclass_classification or regression.
+    #[arg(long, env = "SEGSCORE_IMPORT_TASK", value_parser = parse_task)]
+    pub task: Option<crate::repository::Task>,
+    /// The features in the graph's column order (comma-separated), when the
+    /// sample has other columns too or the graph's inputs do not name them.
+    #[arg(long, env = "SEGSCORE_IMPORT_FEATURES", value_delimiter = ',')]
+    pub features: Option<Vec<String>>,
+    /// Binary classifiers: the class label whose probability is the score.
+    /// Default: the second class (label 1, True, or the later of two sorted
+    /// string labels), as sklearn's `predict_proba(x)[:, 1]`.
+    #[arg(long, env = "SEGSCORE_IMPORT_POSITIVE_CLASS", value_name = "LABEL")]
+    pub positive_class: Option<String>,
+    /// Model repository root the version is written into.
+    #[arg(
+        long,
+        env = "SEGSCORE_MODEL_REPOSITORY",
+        default_value = "models",
+        value_name = "DIR"
+    )]
+    pub model_repository: PathBuf,
+    /// Check everything and print the manifest; write nothing.
+    #[arg(long, env = "SEGSCORE_IMPORT_DRY_RUN")]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+fn parse_task(s: &str) -> Result<crate::repository::Task, String> {
+    use crate::repository::Task;
+    match s {
+        "binary_classification" => Ok(Task::BinaryClassification),
+        "multiclass_classification" => Ok(Task::MulticlassClassification),
+        "regression" => Ok(Task::Regression),
+        "clustering" => Ok(Task::Clustering),
+        _ => Err(
+            "expected binary_classification, multiclass_classification, regression or clustering"
+                .into(),
+        ),
+    }
 }
 
 #[derive(Debug, Subcommand)]

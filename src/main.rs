@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Validate { dir, engine }) => {
             validate(&dir, &engine.engine_config())
         }
+        Command::Models(ModelsCommand::Import(args)) => import_model(args),
         Command::Segments(command) => run_segments(command),
         Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
     };
@@ -112,6 +113,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `models import`: prints the manifest with --dry-run, else where the new
+/// version went.
+fn import_model(args: config::ImportArgs) -> anyhow::Result<()> {
+    let request = repository::import::ImportRequest {
+        onnx: args.onnx,
+        sample: args.sample,
+        name: args.name,
+        task: args.task,
+        features: args.features,
+        positive_class: args.positive_class,
+        model_repository: args.model_repository,
+        dry_run: args.dry_run,
+    };
+    let imported = repository::import::import(&request, &args.engine.engine_config())?;
+    if request.dry_run {
+        print!("{}", imported.manifest_toml);
+        return Ok(());
+    }
+    let m = &imported.manifest;
+    println!(
+        "imported {} v{} into {} ({:?}, {} features, golden set of {} rows); \
+         a server watching {} serves it once it passes validation",
+        m.name,
+        m.version,
+        imported.dir.display(),
+        m.task,
+        m.features.len(),
+        imported.golden_rows,
+        request.model_repository.display()
+    );
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -15,6 +15,7 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
+use crate::repository::manifest::ScorePicker;
 use crate::repository::{Manifest, Task};
 
 /// Request latency buckets, 100 µs to 10 s.
@@ -234,7 +235,9 @@ impl Metrics {
         let version = manifest.version.to_string();
         let labels = [manifest.name.as_str(), version.as_str()];
         let scores = match manifest.task {
-            Task::BinaryClassification => Some(self.score_probability.with_label_values(&labels)),
+            Task::BinaryClassification | Task::MulticlassClassification => {
+                Some(self.score_probability.with_label_values(&labels))
+            }
             Task::Regression => Some(self.score_value.with_label_values(&labels)),
             Task::Clustering => None,
         };
@@ -245,6 +248,7 @@ impl Metrics {
             batch_rows: self.batch_rows.with_label_values(&labels),
             queue_depth: self.queue_depth.with_label_values(&labels),
             scores,
+            picker: ScorePicker::of(manifest),
         }
     }
 
@@ -351,6 +355,9 @@ pub struct VersionMetrics {
     batch_rows: Histogram,
     pub(crate) queue_depth: IntGauge,
     scores: Option<Histogram>,
+    /// Classifiers that return every class's probability: how a row's
+    /// values become its score, so the histogram holds scores, not classes.
+    picker: ScorePicker,
 }
 
 impl VersionMetrics {
@@ -372,7 +379,7 @@ impl VersionMetrics {
         if let Some(histogram) = &self.scores {
             // One flush of a local copy instead of an atomic add per row.
             let local = histogram.local();
-            for &s in scores {
+            for s in self.picker.scores(scores) {
                 local.observe(f64::from(s));
             }
             local.flush();

@@ -425,6 +425,8 @@ fn write_manifest(
         },
         breaking_change: false,
         card,
+        classes: Vec::new(),
+        inputs: Vec::new(),
     };
     fs::write(dir.join(MANIFEST_FILE), toml::to_string(&manifest)?)?;
     Ok(())

@@ -108,6 +108,7 @@ impl From<Task> for pb::Task {
     fn from(task: Task) -> Self {
         match task {
             Task::BinaryClassification => pb::Task::BinaryClassification,
+            Task::MulticlassClassification => pb::Task::MulticlassClassification,
             Task::Regression => pb::Task::Regression,
             Task::Clustering => pb::Task::Clustering,
         }

@@ -23,8 +23,12 @@ use super::{gate::RequestGate, oip};
 use crate::{
     echo::echo,
     error::ApiError,
-    features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema},
-    repository::{lifecycle::Lifecycle, Format, LoadedModel, SharedRepository, Task},
+    features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema, FeatureSpec},
+    repository::{
+        lifecycle::Lifecycle,
+        manifest::{GraphDtype, GraphInput},
+        Format, LoadedModel, SharedRepository, Task,
+    },
 };
 
 /// The single output every model exposes over OIP.
@@ -32,13 +36,34 @@ const OUTPUT: &str = "score";
 /// Clustering models' second output: the assigned cluster of each row.
 const CLUSTER_OUTPUT: &str = "cluster_id";
 
-/// The output tensors a model has: `score`, plus `cluster_id` for clustering.
+/// Classifiers with declared classes: every class's probability, FP32
+/// `[-1, classes]`, named as sklearn-minded clients (and Triton serving an
+/// skl2onnx graph) ask for it.
+const PROBABILITIES_OUTPUT: &str = "probabilities";
+/// The same models' predicted class: INT64 when every class label is an
+/// integer (what skl2onnx/onnxmltools graphs return), else BYTES.
+const LABEL_OUTPUT: &str = "label";
+
+/// The output tensors a model has: `score`, plus `cluster_id` for
+/// clustering, plus `probabilities` and `label` for classifiers with classes.
 fn output_names(model: &LoadedModel) -> &'static [&'static str] {
     if model.manifest.task == Task::Clustering {
         &[OUTPUT, CLUSTER_OUTPUT]
+    } else if !model.manifest.classes.is_empty() {
+        &[OUTPUT, PROBABILITIES_OUTPUT, LABEL_OUTPUT]
     } else {
         &[OUTPUT]
     }
+}
+
+/// The datatype of the `label` output: INT64 when every class parses as
+/// one, as the graph's own label output would be.
+fn integer_labels(model: &LoadedModel) -> bool {
+    model
+        .manifest
+        .classes
+        .iter()
+        .all(|c| c.parse::<i64>().is_ok())
 }
 /// The single matrix input every model exposes over OIP.
 const INPUT: &str = "features";
@@ -111,6 +136,7 @@ impl InferenceService {
             .map_err(|e| ApiError::score(&model, e))?;
         let batch = tensors_to_batch(
             &model.schema,
+            &model.manifest.inputs,
             &req.inputs,
             &req.raw_input_contents,
             self.max_rows_per_request,
@@ -156,6 +182,33 @@ impl InferenceService {
             }
             outputs.push(output);
         }
+        if names.contains(&PROBABILITIES_OUTPUT) && wanted(PROBABILITIES_OUTPUT) {
+            let classes = model.manifest.classes.len();
+            let mut output = tensor(PROBABILITIES_OUTPUT, "FP32", rows);
+            output.shape = vec![rows as i64, classes as i64];
+            if raw {
+                raw_output_contents.push(
+                    scored
+                        .probabilities
+                        .iter()
+                        .flat_map(|s| s.to_le_bytes())
+                        .collect(),
+                );
+            } else {
+                output.contents = Some(oip::InferTensorContents {
+                    fp32_contents: scored.probabilities.clone(),
+                    ..Default::default()
+                });
+            }
+            outputs.push(output);
+        }
+        if names.contains(&LABEL_OUTPUT) && wanted(LABEL_OUTPUT) {
+            let (output, bytes) = label_tensor(&scored.labels, integer_labels(&model), raw)?;
+            outputs.push(output);
+            if let Some(bytes) = bytes {
+                raw_output_contents.push(bytes);
+            }
+        }
         Ok(oip::ModelInferResponse {
             model_name: model.name().into(),
             model_version: model.version().to_string(),
@@ -165,6 +218,56 @@ impl InferenceService {
             raw_output_contents,
         })
     }
+}
+
+/// The `label` output: INT64 or BYTES, typed contents or raw bytes (the
+/// second element) as the request was.
+fn label_tensor(
+    labels: &[String],
+    integers: bool,
+    raw: bool,
+) -> Result<
+    (
+        oip::model_infer_response::InferOutputTensor,
+        Option<Vec<u8>>,
+    ),
+    ApiError,
+> {
+    let rows = labels.len();
+    if integers {
+        let values: Vec<i64> = labels
+            .iter()
+            .map(|l| l.parse::<i64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| ApiError::Internal("a class label is not an integer".into()))?;
+        let mut output = tensor(LABEL_OUTPUT, "INT64", rows);
+        if raw {
+            return Ok((
+                output,
+                Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            ));
+        }
+        output.contents = Some(oip::InferTensorContents {
+            int64_contents: values,
+            ..Default::default()
+        });
+        return Ok((output, None));
+    }
+    let mut output = tensor(LABEL_OUTPUT, "BYTES", rows);
+    if raw {
+        // Triton's raw BYTES: a 4-byte little-endian length before each element.
+        let mut bytes = Vec::new();
+        for l in labels {
+            bytes.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(l.as_bytes());
+        }
+        return Ok((output, Some(bytes)));
+    }
+    output.contents = Some(oip::InferTensorContents {
+        bytes_contents: labels.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        ..Default::default()
+    });
+    Ok((output, None))
 }
 
 /// An output tensor of `rows` values, contents filled by the caller.
@@ -317,6 +420,7 @@ fn raw_strings(name: &str, mut raw: &[u8]) -> Result<Vec<String>, ApiError> {
 /// Turns the request's tensors into a batch of named columns.
 fn tensors_to_batch(
     schema: &FeatureSchema,
+    graph_inputs: &[GraphInput],
     inputs: &[oip::model_infer_request::InferInputTensor],
     raw: &[Vec<u8>],
     max_rows: usize,
@@ -383,10 +487,20 @@ fn tensors_to_batch(
                 format!("shape {:?}: expected [rows, {width}] (features in manifest order) or one tensor per feature", input.shape),
             ));
         }
-        matrix_columns(schema, &input.name, values)?
+        let specs: Vec<&FeatureSpec> = schema.specs().collect();
+        matrix_columns(&specs, &input.name, values)?
     } else {
         let mut columns = Vec::with_capacity(tensors.len());
         for (input, values) in tensors {
+            // The graph's own input name: an alias of the features it takes
+            // (a per-column graph's inputs are the features' own names).
+            if let Some(graph) = graph_inputs
+                .iter()
+                .find(|g| g.name == input.name && g.features != [g.name.as_str()])
+            {
+                columns.extend(graph_input_columns(schema, graph, input, values)?);
+                continue;
+            }
             let spec = schema.spec(&input.name).ok_or_else(|| {
                 bad(
                     &input.name,
@@ -421,15 +535,72 @@ fn tensors_to_batch(
     Ok(FeatureBatch::new(0, columns)?)
 }
 
+/// The columns of a tensor sent under a graph input's name: `[rows, k]` (or
+/// `[rows]` when it takes one feature) over the features it takes, numbers
+/// (category codes for category features) or, for a string input, BYTES.
+fn graph_input_columns(
+    schema: &FeatureSchema,
+    graph: &GraphInput,
+    input: &oip::model_infer_request::InferInputTensor,
+    values: ColumnValues,
+) -> Result<Vec<(String, Column)>, ApiError> {
+    let k = graph.features.len() as i64;
+    let fits = input.shape.len() == 2 && input.shape[1] == k || input.shape.len() == 1 && k == 1;
+    if !fits {
+        return Err(bad(
+            &input.name,
+            format!(
+                "shape {:?}: the model's input `{}` is [rows, {k}] ({})",
+                input.shape,
+                echo(&graph.name),
+                graph.features.join(", ")
+            ),
+        ));
+    }
+    let specs: Vec<&FeatureSpec> = graph
+        .features
+        .iter()
+        .map(|f| {
+            schema.spec(f).ok_or_else(|| {
+                ApiError::Internal(format!("input `{}` names an unknown feature", graph.name))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    match values {
+        ColumnValues::Category(strings) => {
+            if let Some(spec) = specs.iter().find(|s| s.dtype != DType::Category) {
+                return Err(bad(
+                    &input.name,
+                    format!("BYTES data for the {} feature `{}`", spec.dtype, spec.name),
+                ));
+            }
+            let width = specs.len();
+            Ok(specs
+                .iter()
+                .enumerate()
+                .map(|(j, spec)| {
+                    let column: Vec<String> =
+                        strings.iter().skip(j).step_by(width).cloned().collect();
+                    (
+                        spec.name.clone(),
+                        Column::new(ColumnValues::Category(column)),
+                    )
+                })
+                .collect())
+        }
+        numbers => matrix_columns(&specs, &input.name, numbers),
+    }
+}
+
 /// Splits a row-major `[rows, features]` tensor into one column per feature.
 /// Category columns carry codes here (the model's encoding); they are mapped
 /// back to their names so encode() validates them like any other request.
 fn matrix_columns(
-    schema: &FeatureSchema,
+    specs: &[&FeatureSpec],
     name: &str,
     values: ColumnValues,
 ) -> Result<Vec<(String, Column)>, ApiError> {
-    let width = schema.len();
+    let width = specs.len();
     let pick =
         |v: &[f64], j: usize| -> Vec<f64> { v.iter().skip(j).step_by(width).copied().collect() };
     let as_f64: Vec<f64> = match &values {
@@ -442,7 +613,7 @@ fn matrix_columns(
         }
     };
     let mut columns = Vec::with_capacity(width);
-    for (j, spec) in schema.specs().enumerate() {
+    for (j, spec) in specs.iter().enumerate() {
         let col = pick(&as_f64, j);
         let column = match spec.dtype {
             DType::Category => {
@@ -504,6 +675,74 @@ fn matrix_columns(
         columns.push((spec.name.clone(), column));
     }
     Ok(columns)
+}
+
+/// The inputs ModelMetadata lists: the graph's own inputs when the manifest
+/// declares them (what the ONNX file takes, as Triton would list it), else
+/// the `features` matrix. Each carries its features (names, dtypes,
+/// categories, ranges) in `parameters`, so a client can build a request from
+/// metadata alone.
+fn input_metadata(model: &LoadedModel) -> Vec<oip::model_metadata_response::TensorMetadata> {
+    use oip::model_metadata_response::TensorMetadata;
+    let describe = |names: &mut dyn Iterator<Item = &FeatureSpec>| {
+        let features: Vec<serde_json::Value> = names
+            .map(|spec| {
+                let mut entry = serde_json::json!({
+                    "name": spec.name,
+                    "dtype": spec.dtype.as_str(),
+                    "missing": match spec.missing {
+                        crate::features::MissingPolicy::Reject => "reject",
+                        crate::features::MissingPolicy::Impute(_) => "impute",
+                    },
+                });
+                if !spec.categories.is_empty() {
+                    entry["categories"] = serde_json::json!(spec.categories);
+                }
+                if let Some(min) = spec.min {
+                    entry["min"] = serde_json::json!(min);
+                }
+                if let Some(max) = spec.max {
+                    entry["max"] = serde_json::json!(max);
+                }
+                entry
+            })
+            .collect();
+        let parameter = oip::InferParameter {
+            parameter_choice: Some(oip::infer_parameter::ParameterChoice::StringParam(
+                serde_json::Value::Array(features).to_string(),
+            )),
+        };
+        HashMap::from([("features".to_string(), parameter)])
+    };
+    if model.manifest.inputs.is_empty() {
+        return vec![TensorMetadata {
+            name: INPUT.into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, model.schema.len() as i64],
+            parameters: describe(&mut model.schema.specs()),
+        }];
+    }
+    model
+        .manifest
+        .inputs
+        .iter()
+        .map(|graph| {
+            let datatype = match graph.dtype {
+                GraphDtype::Float32 => "FP32",
+                GraphDtype::Float64 => "FP64",
+                GraphDtype::Int64 => "INT64",
+                GraphDtype::String => "BYTES",
+            };
+            TensorMetadata {
+                name: graph.name.clone(),
+                datatype: datatype.into(),
+                shape: vec![-1, graph.features.len() as i64],
+                parameters: describe(
+                    &mut graph.features.iter().filter_map(|f| model.schema.spec(f)),
+                ),
+            }
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -577,26 +816,28 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
             Format::Smartcore => "smartcore",
         };
         use oip::model_metadata_response::TensorMetadata;
+        let classes = model.manifest.classes.len() as i64;
         Ok(Response::new(oip::ModelMetadataResponse {
             name: req.name,
             versions,
             platform: platform.into(),
-            inputs: vec![TensorMetadata {
-                name: INPUT.into(),
-                datatype: "FP32".into(),
-                shape: vec![-1, model.schema.len() as i64],
-            }],
+            inputs: input_metadata(&model),
             outputs: output_names(&model)
                 .iter()
-                .map(|&name| TensorMetadata {
-                    name: name.into(),
-                    datatype: if name == CLUSTER_OUTPUT {
-                        "UINT32"
-                    } else {
-                        "FP32"
+                .map(|&name| {
+                    let (datatype, shape) = match name {
+                        CLUSTER_OUTPUT => ("UINT32", vec![-1]),
+                        PROBABILITIES_OUTPUT => ("FP32", vec![-1, classes]),
+                        LABEL_OUTPUT if integer_labels(&model) => ("INT64", vec![-1]),
+                        LABEL_OUTPUT => ("BYTES", vec![-1]),
+                        _ => ("FP32", vec![-1]),
+                    };
+                    TensorMetadata {
+                        name: name.into(),
+                        datatype: datatype.into(),
+                        shape,
+                        parameters: HashMap::new(),
                     }
-                    .into(),
-                    shape: vec![-1],
                 })
                 .collect(),
         }))
@@ -758,7 +999,7 @@ mod properties {
             raw in prop_oneof![Just(Vec::new()), vec(vec(any::<u8>(), 0..200), 0..4)],
         ) {
             let schema = schema();
-            if let Ok(batch) = tensors_to_batch(&schema, &inputs, &raw, 10_000) {
+            if let Ok(batch) = tensors_to_batch(&schema, &[], &inputs, &raw, 10_000) {
                 if let Ok(encoded) = schema.encode(&batch, 0..batch.rows()) {
                     prop_assert_eq!(encoded.nrows(), batch.rows());
                     prop_assert!(encoded.iter().all(|v| v.is_finite()));

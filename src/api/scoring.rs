@@ -253,12 +253,14 @@ fn evaluate_segments(
         let task = match pb::Task::try_from(m.task) {
             Ok(pb::Task::Regression) => Task::Regression,
             Ok(pb::Task::Clustering) => Task::Clustering,
+            Ok(pb::Task::MulticlassClassification) => Task::MulticlassClassification,
             _ => Task::BinaryClassification,
         };
         scores.entry(m.name.as_str()).or_insert(ModelScoresView {
             task,
             scores: &m.scores,
             cluster_ids: &m.cluster_ids,
+            labels: &m.labels,
             version: m.version,
             canary_version: m.canary_version,
             canary_rows: &m.canary_rows,
@@ -415,6 +417,7 @@ impl Planned {
             let output = primary_run.await?;
             out.scores = output.scores;
             out.cluster_ids = output.cluster_ids;
+            set_classes(&mut out, primary, output.probabilities, output.labels);
             return Ok(out);
         };
         let canary_run = async {
@@ -427,10 +430,27 @@ impl Planned {
         let merged = merge_split(rows, &canary_rows, primary_out, canary_out);
         out.scores = merged.scores;
         out.cluster_ids = merged.cluster_ids;
+        set_classes(&mut out, primary, merged.probabilities, merged.labels);
         out.canary_version = canary.version();
         out.canary_sha256 = canary.manifest.sha256.clone();
         out.canary_rows = canary_rows.iter().map(|&r| r as u32).collect();
         Ok(out)
+    }
+}
+
+/// A classifier with declared classes also answers with every class's
+/// probability and the predicted label; other models leave these empty, so
+/// their responses are unchanged.
+fn set_classes(
+    out: &mut pb::ModelScores,
+    model: &LoadedModel,
+    probabilities: Vec<f32>,
+    labels: Vec<String>,
+) {
+    if !labels.is_empty() {
+        out.classes = model.manifest.classes.clone();
+        out.probabilities = probabilities;
+        out.labels = labels;
     }
 }
 
@@ -443,9 +463,15 @@ fn merge_split(
     canary: ModelOutput,
 ) -> ModelOutput {
     let clustering = !primary.cluster_ids.is_empty() || !canary.cluster_ids.is_empty();
+    // Class outputs survive the merge only when both versions have the same
+    // number of classes; otherwise rows would not line up.
+    let width = primary.classes_width();
+    let classes =
+        !primary.labels.is_empty() && !canary.labels.is_empty() && width == canary.classes_width();
     let mut out = ModelOutput {
         scores: Vec::with_capacity(rows),
         cluster_ids: Vec::with_capacity(if clustering { rows } else { 0 }),
+        ..Default::default()
     };
     let (mut p, mut c) = (0, 0);
     for row in 0..rows {
@@ -459,6 +485,11 @@ fn merge_split(
         out.scores.push(from.scores[i]);
         if clustering {
             out.cluster_ids.push(from.cluster_ids[i]);
+        }
+        if classes {
+            out.labels.push(from.labels[i].clone());
+            out.probabilities
+                .extend_from_slice(&from.probabilities[i * width..(i + 1) * width]);
         }
     }
     out
@@ -669,10 +700,12 @@ mod tests {
         let primary = ModelOutput {
             scores: vec![0.0, 2.0, 3.0],
             cluster_ids: vec![10, 12, 13],
+            ..Default::default()
         };
         let canary = ModelOutput {
             scores: vec![1.0, 4.0],
             cluster_ids: vec![21, 24],
+            ..Default::default()
         };
         let merged = merge_split(5, &[1, 4], primary, canary);
         assert_eq!(merged.scores, [0.0, 1.0, 2.0, 3.0, 4.0]);
@@ -684,13 +717,34 @@ mod tests {
             ModelOutput {
                 scores: vec![5.0, 6.0],
                 cluster_ids: vec![],
+                ..Default::default()
             },
             ModelOutput {
                 scores: vec![4.0],
                 cluster_ids: vec![],
+                ..Default::default()
             },
         );
         assert_eq!(plain.scores, [4.0, 5.0, 6.0]);
         assert!(plain.cluster_ids.is_empty());
+        assert!(plain.labels.is_empty() && plain.probabilities.is_empty());
+    }
+
+    #[test]
+    fn a_split_keeps_class_probabilities_and_labels_in_row_order() {
+        let classes = |labels: &[&str], p: &[f32]| ModelOutput {
+            scores: labels.iter().map(|_| 0.0).collect(),
+            probabilities: p.to_vec(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            ..Default::default()
+        };
+        let merged = merge_split(
+            3,
+            &[1],
+            classes(&["a", "c"], &[0.9, 0.1, 0.2, 0.8]),
+            classes(&["b"], &[0.4, 0.6]),
+        );
+        assert_eq!(merged.labels, ["a", "b", "c"]);
+        assert_eq!(merged.probabilities, [0.9, 0.1, 0.4, 0.6, 0.2, 0.8]);
     }
 }

@@ -147,6 +147,8 @@ fn in_process(
                     features: m.features.len(),
                     output: m.score.output.clone(),
                     column: m.score.column,
+                    inputs: Vec::new(),
+                    classes: None,
                 },
             ))
         })

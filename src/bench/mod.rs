@@ -334,6 +334,8 @@ fn in_process(
         features: manifest.features.len(),
         output: manifest.score.output.clone(),
         column: manifest.score.column,
+        inputs: Vec::new(),
+        classes: None,
     };
     let batch = Arc::new(tile(input, rows));
     let duration = Duration::from_secs_f64(args.seconds);
@@ -738,6 +740,7 @@ async fn segment_eval_cost(
                 task,
                 scores: &m.scores,
                 cluster_ids: &m.cluster_ids,
+                labels: &m.labels,
                 version: m.version,
                 canary_version: m.canary_version,
                 canary_rows: &m.canary_rows,

@@ -773,6 +773,8 @@ async fn stream_to(
                 .map(|m| ModelOutput {
                     scores: m.scores,
                     cluster_ids: m.cluster_ids,
+                    probabilities: m.probabilities,
+                    labels: m.labels,
                 })
                 .collect();
             if scores.len() != refs.len() || scores.iter().any(|s| s.scores.len() != p.ids.len()) {
@@ -917,6 +919,7 @@ fn evaluate_embedded(
                     task: m.manifest.task,
                     scores: &s.scores,
                     cluster_ids: &s.cluster_ids,
+                    labels: &s.labels,
                     version: m.version(),
                     canary_version: 0,
                     canary_rows: &[],

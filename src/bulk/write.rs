@@ -738,6 +738,7 @@ mod tests {
             scores: vec![ModelOutput {
                 scores: vec![0.5; ids.len()],
                 cluster_ids: Vec::new(),
+                ..Default::default()
             }],
             ids,
             segments: Vec::new(),

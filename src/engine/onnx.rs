@@ -92,11 +92,53 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
 /// What the manifest says the ONNX graph must look like.
 #[derive(Debug, Clone)]
 pub struct OnnxSignature {
-    /// Number of feature columns the single float input takes.
+    /// Number of feature columns in the encoded matrix.
     pub features: usize,
     /// The output holding the score, and which column of it.
     pub output: String,
     pub column: usize,
+    /// How the graph's inputs are filled from the encoded matrix; empty =
+    /// one float input that takes the whole matrix (the shipped models).
+    pub inputs: Vec<InputBinding>,
+    /// Classifiers with declared classes: the score output has this many
+    /// columns and every one is returned (see [`Backend::outputs_per_row`]).
+    pub classes: Option<usize>,
+}
+
+/// One graph input: its name, element type and the encoded-matrix columns
+/// it takes, in its own column order.
+#[derive(Debug, Clone)]
+pub struct InputBinding {
+    pub name: String,
+    pub kind: InputKind,
+    pub columns: Vec<usize>,
+    /// The graph input's rank: 1 (`[N]`, one column) or 2 (`[N, k]`); set
+    /// from the session at load.
+    pub rank: usize,
+    /// `String` inputs: each column's category names, indexed by the code
+    /// the feature schema encoded (the matrix carries codes, the graph
+    /// wants the names it was trained on).
+    pub categories: Vec<Vec<String>>,
+}
+
+/// The element types a graph input can be fed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Float32,
+    Float64,
+    Int64,
+    String,
+}
+
+impl InputKind {
+    fn element_type(self) -> TensorElementType {
+        match self {
+            InputKind::Float32 => TensorElementType::Float32,
+            InputKind::Float64 => TensorElementType::Float64,
+            InputKind::Int64 => TensorElementType::Int64,
+            InputKind::String => TensorElementType::String,
+        }
+    }
 }
 
 /// One ONNX Runtime session plus where its score lives.
@@ -104,6 +146,11 @@ pub struct OnnxBackend {
     session: Session,
     output: String,
     column: usize,
+    inputs: Vec<InputBinding>,
+    /// One float32 `[N, k]` input taking every column in order: the encoded
+    /// matrix is passed as is, without a copy.
+    whole_matrix: bool,
+    classes: Option<usize>,
 }
 
 impl OnnxBackend {
@@ -126,10 +173,29 @@ impl OnnxBackend {
             .map_err(ort::Error::from)?
             .commit_from_memory(model)?;
         check_signature(&session, signature)?;
+        let mut inputs = signature.inputs.clone();
+        for binding in &mut inputs {
+            binding.rank = session
+                .inputs()
+                .iter()
+                .find(|i| i.name() == binding.name)
+                .and_then(|i| match i.dtype() {
+                    ValueType::Tensor { shape, .. } => Some(shape.len()),
+                    _ => None,
+                })
+                .unwrap_or(2);
+        }
+        let whole_matrix = inputs.is_empty()
+            || matches!(&inputs[..], [b] if b.kind == InputKind::Float32
+                && b.rank == 2
+                && b.columns.iter().copied().eq(0..signature.features));
         Ok(Self {
             session,
             output: signature.output.clone(),
             column: signature.column,
+            whole_matrix,
+            inputs,
+            classes: signature.classes,
         })
     }
 }
@@ -137,28 +203,32 @@ impl OnnxBackend {
 fn check_signature(session: &Session, sig: &OnnxSignature) -> Result<(), BackendError> {
     let bad = |m: String| Err(BackendError::Signature(m));
     let inputs = session.inputs();
-    if inputs.len() != 1 {
-        return bad(format!(
-            "the manifest describes one float input of {} features, the model has {} inputs",
-            sig.features,
-            inputs.len()
-        ));
-    }
-    let input = &inputs[0];
-    match input.dtype() {
-        ValueType::Tensor {
-            ty: TensorElementType::Float32,
-            shape,
-            ..
-        } if shape.len() == 2 && (shape[1] == sig.features as i64 || shape[1] < 0) => {}
-        other => {
+    if sig.inputs.is_empty() {
+        if inputs.len() != 1 {
             return bad(format!(
-                "input `{}` is {other:?}; the manifest's {} features need float32 [N, {}]",
-                input.name(),
+                "the manifest describes one float input of {} features, the model has {} inputs",
                 sig.features,
-                sig.features
-            ))
+                inputs.len()
+            ));
         }
+        let input = &inputs[0];
+        match input.dtype() {
+            ValueType::Tensor {
+                ty: TensorElementType::Float32,
+                shape,
+                ..
+            } if shape.len() == 2 && (shape[1] == sig.features as i64 || shape[1] < 0) => {}
+            other => {
+                return bad(format!(
+                    "input `{}` is {other:?}; the manifest's {} features need float32 [N, {}]",
+                    input.name(),
+                    sig.features,
+                    sig.features
+                ))
+            }
+        }
+    } else {
+        check_bindings(session, sig)?;
     }
     let Some(output) = session.outputs().iter().find(|o| o.name() == sig.output) else {
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
@@ -182,6 +252,14 @@ fn check_signature(session: &Session, sig: &OnnxSignature) -> Result<(), Backend
                     sig.column, sig.output
                 ));
             }
+            if let Some(classes) = sig.classes {
+                if shape.len() != 2 || (width >= 0 && width != classes as i64) {
+                    return bad(format!(
+                        "output `{}` has shape {shape:?}; the manifest's {classes} classes need [N, {classes}]",
+                        sig.output
+                    ));
+                }
+            }
         }
         other => {
             return bad(format!(
@@ -193,11 +271,130 @@ fn check_signature(session: &Session, sig: &OnnxSignature) -> Result<(), Backend
     Ok(())
 }
 
+/// Every graph input is bound exactly once with its own element type and
+/// width, and every feature column feeds exactly one input.
+fn check_bindings(session: &Session, sig: &OnnxSignature) -> Result<(), BackendError> {
+    let bad = |m: String| Err(BackendError::Signature(m));
+    let graph = session.inputs();
+    let mut used = vec![false; sig.features];
+    for binding in &sig.inputs {
+        let Some(input) = graph.iter().find(|i| i.name() == binding.name) else {
+            let names: Vec<&str> = graph.iter().map(|i| i.name()).collect();
+            return bad(format!(
+                "input `{}` not found; the model's inputs are {names:?}",
+                binding.name
+            ));
+        };
+        let width = binding.columns.len() as i64;
+        match input.dtype() {
+            ValueType::Tensor { ty, shape, .. }
+                if *ty == binding.kind.element_type()
+                    && (shape.len() == 2 && (shape[1] == width || shape[1] < 0)
+                        || shape.len() == 1 && width == 1) => {}
+            other => {
+                return bad(format!(
+                    "input `{}` is {other:?}; the manifest feeds it {width} column(s) of {:?}",
+                    binding.name, binding.kind
+                ))
+            }
+        }
+        if binding.kind == InputKind::String && binding.categories.len() != binding.columns.len() {
+            return bad(format!(
+                "string input `{}` needs category features",
+                binding.name
+            ));
+        }
+        for &c in &binding.columns {
+            match used.get_mut(c) {
+                Some(u) if !*u => *u = true,
+                _ => {
+                    return bad(format!(
+                        "input `{}`: feature column {c} is fed twice or does not exist",
+                        binding.name
+                    ))
+                }
+            }
+        }
+    }
+    if let Some(missing) = graph
+        .iter()
+        .find(|i| !sig.inputs.iter().any(|b| b.name == i.name()))
+    {
+        return bad(format!(
+            "the model's input `{}` is not fed by any manifest `[[inputs]]` entry",
+            missing.name()
+        ));
+    }
+    if let Some(unused) = used.iter().position(|u| !u) {
+        return bad(format!("feature column {unused} feeds no model input"));
+    }
+    Ok(())
+}
+
+/// Builds one graph input's tensor from the encoded matrix.
+fn input_value(
+    binding: &InputBinding,
+    input: ArrayView2<'_, f32>,
+) -> Result<ort::value::DynValue, BackendError> {
+    let rows = input.nrows();
+    let width = binding.columns.len();
+    let shape = if binding.rank == 1 {
+        vec![rows]
+    } else {
+        vec![rows, width]
+    };
+    // Row-major [rows, width] over the bound columns.
+    let cells = (0..rows).flat_map(|r| binding.columns.iter().map(move |&c| (r, c)));
+    Ok(match binding.kind {
+        InputKind::Float32 => {
+            let data: Vec<f32> = cells.map(|(r, c)| input[[r, c]]).collect();
+            ort::value::Tensor::from_array((shape, data))?.into_dyn()
+        }
+        InputKind::Float64 => {
+            let data: Vec<f64> = cells.map(|(r, c)| f64::from(input[[r, c]])).collect();
+            ort::value::Tensor::from_array((shape, data))?.into_dyn()
+        }
+        InputKind::Int64 => {
+            // The schema checked integrality and range before encoding.
+            let data: Vec<i64> = cells.map(|(r, c)| input[[r, c]] as i64).collect();
+            ort::value::Tensor::from_array((shape, data))?.into_dyn()
+        }
+        InputKind::String => {
+            // Owned: ORT copies the strings anyway and wants 'static data.
+            let mut data: Vec<String> = Vec::with_capacity(rows * width);
+            for r in 0..rows {
+                for (k, &c) in binding.columns.iter().enumerate() {
+                    let code = input[[r, c]];
+                    let name = binding.categories[k]
+                        .get(code as usize)
+                        .filter(|_| code >= 0.0 && code.fract() == 0.0)
+                        .ok_or_else(|| {
+                            BackendError::Inference(format!(
+                                "input `{}`: column {k} holds no category code",
+                                binding.name
+                            ))
+                        })?;
+                    data.push(name.clone());
+                }
+            }
+            ort::value::Tensor::from_string_array((shape, &data[..]))?.into_dyn()
+        }
+    })
+}
+
 impl Backend for OnnxBackend {
     fn score(&mut self, input: ArrayView2<'_, f32>) -> Result<Vec<f32>, BackendError> {
         let rows = input.nrows();
-        let tensor = TensorRef::from_array_view(input)?;
-        let outputs = self.session.run(ort::inputs![tensor])?;
+        let outputs = if self.whole_matrix {
+            let tensor = TensorRef::from_array_view(input)?;
+            self.session.run(ort::inputs![tensor])?
+        } else {
+            let mut values = Vec::with_capacity(self.inputs.len());
+            for binding in &self.inputs {
+                values.push((binding.name.clone(), input_value(binding, input)?));
+            }
+            self.session.run(values)?
+        };
         let value = outputs
             .get(&self.output)
             .ok_or_else(|| BackendError::Inference(format!("no output `{}`", self.output)))?;
@@ -217,11 +414,24 @@ impl Backend for OnnxBackend {
                 self.output
             )));
         }
+        if let Some(classes) = self.classes {
+            if width != classes {
+                return Err(BackendError::Inference(format!(
+                    "output `{}` has {width} columns for {classes} classes",
+                    self.output
+                )));
+            }
+            return Ok(data.to_vec());
+        }
         Ok(data
             .iter()
             .skip(self.column)
             .step_by(width)
             .copied()
             .collect())
+    }
+
+    fn outputs_per_row(&self) -> usize {
+        self.classes.unwrap_or(1)
     }
 }

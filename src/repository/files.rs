@@ -32,6 +32,9 @@ pub const MAX_GOLDEN_BYTES: u64 = 4 * 1024 * 1024;
 /// A manifest, card included: the largest shipped one is 5,841 bytes; ×100
 /// is 584 KB.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+/// A sample CSV for `models import`: it is read whole to infer the schema;
+/// a few thousand rows are plenty, 64 MiB leaves room for wide tables.
+pub const MAX_SAMPLE_BYTES: u64 = 64 * 1024 * 1024;
 /// A labels.toml: a few lines (`stable = 2`, a canary table) in practice.
 pub const MAX_LABELS_BYTES: u64 = 64 * 1024;
 /// A segments rules file: the shipped one is 3,126 bytes; ×100 is 312 KB.
@@ -130,6 +133,16 @@ pub fn read_text(path: &Path, cap: Cap) -> Result<String, ReadError> {
     let bytes = read_resolved(&resolved, None, cap, None)?;
     String::from_utf8(bytes)
         .map_err(|e| ReadError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// Reads a binary file an operator named on the command line (`models
+/// import --onnx/--sample`), following symlinks like [`read_text`], with the
+/// same kind and size checks, and returns its hex sha256 too.
+pub fn read_named_hashed(path: &Path, cap: Cap) -> Result<(Vec<u8>, String), ReadError> {
+    let resolved = path.canonicalize()?;
+    let mut hasher = Sha256::new();
+    let bytes = read_resolved(&resolved, None, cap, Some(&mut hasher))?;
+    Ok((bytes, hex::encode(hasher.finalize())))
 }
 
 fn split(path: &Path) -> Result<(&Path, &str), ReadError> {

@@ -12,11 +12,11 @@ use ndarray::Array2;
 
 use super::{
     files::{self, Cap, ReadError},
-    manifest::{Format, Manifest, Task, MANIFEST_FILE},
+    manifest::{argmax, Format, GraphDtype, Manifest, ScorePicker, Task, MANIFEST_FILE},
 };
 use crate::{
     engine::{
-        onnx::{self, OnnxBackend, OnnxSignature},
+        onnx::{self, InputBinding, InputKind, OnnxBackend, OnnxSignature},
         smartcore::SmartcoreBackend,
         Backend, BackendError, BackendWrapper, Batcher, BatcherConfig, Reservation, ScoreError,
     },
@@ -178,9 +178,11 @@ impl LoadedModel {
         let total: usize = chunks.iter().map(|c| c.nrows()).sum();
         let receivers = admitted.submit(chunks, deadline)?;
         let clustering = self.manifest.task == Task::Clustering;
+        let picker = ScorePicker::of(&self.manifest);
         let mut out = ModelOutput {
             scores: Vec::with_capacity(total),
             cluster_ids: Vec::with_capacity(if clustering { total } else { 0 }),
+            ..Default::default()
         };
         for rx in receivers {
             // A dropped reply means the worker died mid-batch.
@@ -189,8 +191,10 @@ impl LoadedModel {
                 .map_err(|_| ScoreError::Backend("the worker stopped while scoring".into()))??;
             if clustering {
                 out.extend_clustering(&part);
-            } else {
+            } else if picker == ScorePicker::Single {
                 out.scores.extend(part);
+            } else {
+                out.extend_classes(&part, picker, &self.manifest.classes);
             }
         }
         Ok(out)
@@ -224,6 +228,11 @@ pub struct ModelOutput {
     pub scores: Vec<f32>,
     /// Clustering only: the assigned cluster of each row; empty otherwise.
     pub cluster_ids: Vec<u32>,
+    /// Classifiers with declared `classes` only (empty otherwise): every
+    /// class's probability, row-major, `classes` wide.
+    pub probabilities: Vec<f32>,
+    /// Same models: the predicted class of each row (the most probable).
+    pub labels: Vec<String>,
 }
 
 impl ModelOutput {
@@ -236,14 +245,46 @@ impl ModelOutput {
         }
     }
 
+    /// Appends a classifier's rows of class probabilities: the score as
+    /// `picker` says, the probabilities, and the most probable class.
+    fn extend_classes(&mut self, values: &[f32], picker: ScorePicker, classes: &[String]) {
+        let width = picker.width().max(1);
+        self.scores.extend(picker.scores(values));
+        self.probabilities.extend_from_slice(values);
+        for row in values.chunks(width) {
+            let label = classes.get(argmax(row)).cloned().unwrap_or_default();
+            self.labels.push(label);
+        }
+    }
+
+    /// Class probabilities per row (0 when the model has none).
+    pub fn classes_width(&self) -> usize {
+        if self.scores.is_empty() {
+            0
+        } else {
+            self.probabilities.len() / self.scores.len()
+        }
+    }
+
     /// Keeps the rows in `rows` (ascending or not), in that order.
     pub fn select(&self, rows: &[usize]) -> ModelOutput {
+        let width = self.classes_width();
         ModelOutput {
             scores: rows.iter().map(|&r| self.scores[r]).collect(),
             cluster_ids: if self.cluster_ids.is_empty() {
                 Vec::new()
             } else {
                 rows.iter().map(|&r| self.cluster_ids[r]).collect()
+            },
+            probabilities: rows
+                .iter()
+                .flat_map(|&r| &self.probabilities[r * width..(r + 1) * width])
+                .copied()
+                .collect(),
+            labels: if self.labels.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|&r| self.labels[r].clone()).collect()
             },
         }
     }
@@ -296,6 +337,7 @@ pub fn validate(
     (options.on_phase)(Phase::Loading);
     let manifest = Manifest::read(&dir.join(MANIFEST_FILE)).map_err(LoadError::Manifest)?;
     check_identity(dir, &manifest)?;
+    manifest.check_classes().map_err(LoadError::Manifest)?;
     if let Some(previous) = options.previous {
         if let Some(why) = manifest.incompatibility_with(previous) {
             if !manifest.breaking_change {
@@ -434,7 +476,7 @@ fn check_identity(dir: &Path, manifest: &Manifest) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn build_backend(
+pub(crate) fn build_backend(
     manifest: &Manifest,
     schema: &FeatureSchema,
     bytes: &[u8],
@@ -447,6 +489,8 @@ fn build_backend(
                 features: schema.len(),
                 output: manifest.score.output.clone(),
                 column: manifest.score.column,
+                inputs: input_bindings(manifest, schema)?,
+                classes: (!manifest.classes.is_empty()).then_some(manifest.classes.len()),
             };
             Box::new(OnnxBackend::load(
                 env,
@@ -457,6 +501,64 @@ fn build_backend(
         }
         Format::Smartcore => Box::new(SmartcoreBackend::load(bytes, schema.len())?),
     })
+}
+
+/// Resolves the manifest's `[[inputs]]` against the feature schema: each
+/// graph input's feature columns, and for a string input the category names
+/// its codes stand for.
+fn input_bindings(
+    manifest: &Manifest,
+    schema: &FeatureSchema,
+) -> Result<Vec<InputBinding>, LoadError> {
+    let specs: Vec<_> = schema.specs().collect();
+    manifest
+        .inputs
+        .iter()
+        .map(|input| {
+            let mut columns = Vec::with_capacity(input.features.len());
+            let mut categories = Vec::new();
+            for name in &input.features {
+                let Some(j) = specs.iter().position(|s| &s.name == name) else {
+                    return Err(LoadError::Manifest(format!(
+                        "input `{}` takes feature `{name}`, which is not in [[features]]",
+                        input.name
+                    )));
+                };
+                let spec = specs[j];
+                let is_category = spec.dtype == crate::features::DType::Category;
+                if (input.dtype == GraphDtype::String) != is_category {
+                    return Err(LoadError::Manifest(format!(
+                        "input `{}` is {} but feature `{name}` is {}: string inputs take category features and only those",
+                        input.name,
+                        input.dtype.as_str(),
+                        spec.dtype
+                    )));
+                }
+                if is_category {
+                    categories.push(spec.categories.clone());
+                }
+                columns.push(j);
+            }
+            if columns.is_empty() {
+                return Err(LoadError::Manifest(format!(
+                    "input `{}` takes no features",
+                    input.name
+                )));
+            }
+            Ok(InputBinding {
+                name: input.name.clone(),
+                kind: match input.dtype {
+                    GraphDtype::Float32 => InputKind::Float32,
+                    GraphDtype::Float64 => InputKind::Float64,
+                    GraphDtype::Int64 => InputKind::Int64,
+                    GraphDtype::String => InputKind::String,
+                },
+                columns,
+                rank: 2,
+                categories,
+            })
+        })
+        .collect()
 }
 
 /// Reads a CSV of feature rows into a batch typed by `schema`; returns the batch
@@ -471,7 +573,7 @@ pub fn read_csv_batch(
 }
 
 /// [`read_csv_batch`] over any CSV reader (a golden set already read).
-fn csv_batch<R: std::io::Read>(
+pub(crate) fn csv_batch<R: std::io::Read>(
     mut reader: csv::Reader<R>,
     schema: &FeatureSchema,
     extra: &str,
@@ -528,6 +630,30 @@ fn read_column(csv_text: &[u8], name: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// A classifier's golden set may carry `expected_label`: the class each row
+/// must be predicted as (a column mix-up in `classes` shows here).
+fn check_golden_labels(
+    text: &[u8],
+    raw: &[f32],
+    width: usize,
+    classes: &[String],
+) -> Result<(), String> {
+    let Ok(labels) = read_column(text, "expected_label") else {
+        return Ok(());
+    };
+    for (row, (probabilities, want)) in raw.chunks_exact(width).zip(&labels).enumerate() {
+        let got = classes
+            .get(argmax(probabilities))
+            .map_or("", String::as_str);
+        if got != want {
+            return Err(format!(
+                "row {row}: predicted class `{got}` differs from the expected class `{want}`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_golden(
     dir: &Path,
     manifest: &Manifest,
@@ -558,7 +684,8 @@ fn check_golden(
         .map_err(|e| golden(format!("{e}")))?;
     let raw = backend.score(input.view())?;
     let clustering = manifest.task == Task::Clustering;
-    let width = if clustering { 2 } else { 1 };
+    let picker = ScorePicker::of(manifest);
+    let width = if clustering { 2 } else { picker.width() };
     if raw.len() != batch.rows() * width {
         return Err(golden(format!(
             "the model returned {} values for {} rows ({width} per row expected)",
@@ -567,7 +694,14 @@ fn check_golden(
         )));
     }
     // Clustering rows are `[cluster id, distance]`; the score is the distance.
-    let got: Vec<f32> = raw.chunks_exact(width).map(|r| r[width - 1]).collect();
+    let got: Vec<f32> = if clustering {
+        raw.chunks_exact(width).map(|r| r[width - 1]).collect()
+    } else {
+        picker.scores(&raw).collect()
+    };
+    if picker != ScorePicker::Single {
+        check_golden_labels(&text, &raw, width, &manifest.classes).map_err(golden)?;
+    }
     if clustering {
         let clusters = read_column(&text, "expected_cluster").map_err(golden)?;
         for (row, (pair, want)) in raw.chunks_exact(2).zip(&clusters).enumerate() {
@@ -588,7 +722,11 @@ fn check_golden(
                 "row {row}: the model returned a non-finite score"
             )));
         }
-        if manifest.task == Task::BinaryClassification && !(0.0..=1.0).contains(&g) {
+        let probability = matches!(
+            manifest.task,
+            Task::BinaryClassification | Task::MulticlassClassification
+        );
+        if probability && !(0.0..=1.0).contains(&g) {
             return Err(golden(format!(
                 "row {row}: probability {g} is outside [0, 1]"
             )));

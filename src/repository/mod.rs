@@ -3,6 +3,7 @@
 //! that ListModels shows. A failed version never takes down its neighbours.
 
 pub mod files;
+pub mod import;
 pub mod lifecycle;
 pub mod load;
 pub mod manifest;

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cel::common::ast::{operators, Expr, IdedExpr, LiteralValue};
 
 use super::{Catalog, Constant, Var};
+use crate::repository::Task;
 
 /// A CEL type as the checker tracks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +165,7 @@ pub fn check(
                 constants,
                 vars: BTreeSet::new(),
                 bound: BTreeSet::new(),
+                labels: BTreeSet::new(),
             };
             refs.collect_bound(expr);
             refs.walk(expr)?;
@@ -172,6 +174,55 @@ pub fn check(
                 construct,
             })
         }
+    }
+}
+
+/// `scores.m.label`: the model, if `expr` is such a selection.
+fn label_select(expr: &IdedExpr) -> Option<&str> {
+    let Expr::Select(select) = &expr.expr else {
+        return None;
+    };
+    if select.test || select.field != "label" {
+        return None;
+    }
+    match variable_select(&select.operand) {
+        Some(("scores", model)) => Some(model),
+        _ => None,
+    }
+}
+
+/// Resolves `scores.m.label`: a classifier with class labels.
+fn resolve_label(
+    catalog: &Catalog,
+    expr: &IdedExpr,
+    model: &str,
+) -> Result<(Var, Type), CheckError> {
+    match catalog.models.get(model) {
+        Some(Task::BinaryClassification | Task::MulticlassClassification) => {
+            Ok((Var::Label(model.to_owned()), Type::String))
+        }
+        Some(task) => Err(CheckError {
+            message: format!(
+                "`scores.{model}.label`: model `{model}` is a {task:?} model, which has no class labels"
+            ),
+            expr_id: expr.id,
+        }),
+        None => Err(CheckError {
+            message: format!(
+                "unknown model `{model}` in `scores.{model}.label` (serving: {})",
+                join_keys(catalog.models.keys())
+            ),
+            expr_id: expr.id,
+        }),
+    }
+}
+
+fn both_score_and_label(expr: &IdedExpr, model: &str) -> CheckError {
+    CheckError {
+        message: format!(
+            "a rule the interpreter runs (macros, methods) cannot read both `scores.{model}` and `scores.{model}.label`"
+        ),
+        expr_id: expr.id,
     }
 }
 
@@ -293,6 +344,11 @@ impl Compiler<'_> {
                 }
             },
             Expr::Select(select) => {
+                if let Some(model) = label_select(expr) {
+                    let (var, ty) =
+                        resolve_label(self.catalog, expr, model).map_err(Fail::Invalid)?;
+                    return Ok((Node::Slot(self.slot(var)), ty));
+                }
                 let Some((root, field)) = variable_select(expr) else {
                     if select.test {
                         return Err(Fail::Unsupported("has()".into()));
@@ -514,6 +570,8 @@ struct References<'a> {
     vars: BTreeSet<Var>,
     /// Variables macros bind (`x` in `list.exists(x, ...)`).
     bound: BTreeSet<String>,
+    /// `Var::Score(m)` for every `scores.m.label` read (see `walk`).
+    labels: BTreeSet<Var>,
 }
 
 impl References<'_> {
@@ -533,8 +591,23 @@ impl References<'_> {
 
     fn walk(&mut self, expr: &IdedExpr) -> Result<(), CheckError> {
         self.visit(expr, &mut |r, e| {
+            if let Some(model) = label_select(e) {
+                let (var, _) = resolve_label(r.catalog, e, model)?;
+                // The interpreter binds `scores.m` to one value: a double or
+                // a map holding the label, not both.
+                let score = Var::Score(model.to_owned());
+                if r.vars.contains(&score) {
+                    return Err(both_score_and_label(e, model));
+                }
+                r.labels.insert(score);
+                r.vars.insert(var);
+                return Ok(false);
+            }
             if let Some((root, field)) = variable_select(e) {
                 let (var, _) = resolve_var(r.catalog, e, root, field)?;
+                if r.labels.contains(&var) {
+                    return Err(both_score_and_label(e, field));
+                }
                 r.vars.insert(var);
                 return Ok(false);
             }

@@ -76,6 +76,14 @@ pub fn bind<'a>(
             Some(view) => bind_score(model, view, rows),
             None => unavailable(format!("model `{model}` was not scored")),
         },
+        Var::Label(model) => match input.scores.get(model.as_str()) {
+            Some(view) if view.labels.len() == rows => Binding {
+                values: Bound::Str(view.labels.iter().map(String::as_str).collect()),
+                errors: Vec::new(),
+            },
+            Some(_) => unavailable(format!("model `{model}` returned no class labels")),
+            None => unavailable(format!("model `{model}` was not scored")),
+        },
         Var::Version(model) => match input.scores.get(model.as_str()) {
             Some(view) => {
                 let mut versions = vec![view.version as i64; rows];
@@ -484,6 +492,12 @@ pub fn interpret(
             Var::Feature(n) => features.insert(n.clone(), value),
             Var::Score(n) => scores.insert(n.clone(), value),
             Var::Version(n) => versions.insert(n.clone(), value),
+            // `scores.m.label` selects from a map; the checker refuses a
+            // rule that also reads `scores.m` itself on this path.
+            Var::Label(n) => scores.insert(
+                n.clone(),
+                cel::Value::from(HashMap::from([("label".to_string(), value)])),
+            ),
         };
     }
     let mut context = cel::Context::with_env(env.clone());

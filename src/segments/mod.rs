@@ -44,6 +44,9 @@ pub enum Var {
     Feature(String),
     Score(String),
     Version(String),
+    /// `scores.<model>.label`: a classifier's predicted class (models whose
+    /// manifest declares `classes`).
+    Label(String),
 }
 
 /// A named constant from `[constants]`.
@@ -64,7 +67,9 @@ pub fn feature_type(dtype: DType) -> Type {
 /// a value is a double; a clustering model's score in rules is its cluster id.
 pub fn score_type(task: Task) -> Type {
     match task {
-        Task::BinaryClassification | Task::Regression => Type::Double,
+        Task::BinaryClassification | Task::MulticlassClassification | Task::Regression => {
+            Type::Double
+        }
         Task::Clustering => Type::Int,
     }
 }
@@ -506,7 +511,7 @@ fn compile_checked(
     let models: BTreeSet<String> = vars
         .iter()
         .filter_map(|v| match v {
-            Var::Score(m) | Var::Version(m) => Some(m.clone()),
+            Var::Score(m) | Var::Version(m) | Var::Label(m) => Some(m.clone()),
             Var::Feature(_) => None,
         })
         .collect();
@@ -524,6 +529,9 @@ pub struct ModelScoresView<'a> {
     pub task: Task,
     pub scores: &'a [f32],
     pub cluster_ids: &'a [u32],
+    /// Classifiers with declared classes: each row's predicted class;
+    /// empty otherwise.
+    pub labels: &'a [String],
     pub version: u64,
     /// Rows scored by `canary_version` (0 = none).
     pub canary_version: u64,

@@ -61,6 +61,9 @@ fn catalog() -> Catalog {
     c.models.insert("churn".into(), Task::BinaryClassification);
     // A clustering model: `scores.clusters` is its cluster id, an int.
     c.models.insert("clusters".into(), Task::Clustering);
+    // An imported multiclass model: `scores.offer.label` is its class.
+    c.models
+        .insert("offer".into(), Task::MulticlassClassification);
     c
 }
 
@@ -361,6 +364,7 @@ fn compiled_evaluator_matches_the_interpreter_on_random_rows() {
                 task: Task::Regression,
                 scores: &ltv,
                 cluster_ids: &[],
+                labels: &[],
                 version: 7,
                 canary_version: 8,
                 canary_rows: &canary_rows,
@@ -372,6 +376,7 @@ fn compiled_evaluator_matches_the_interpreter_on_random_rows() {
                 task: Task::BinaryClassification,
                 scores: &churn,
                 cluster_ids: &[],
+                labels: &[],
                 version: 1,
                 canary_version: 0,
                 canary_rows: &[],
@@ -383,6 +388,7 @@ fn compiled_evaluator_matches_the_interpreter_on_random_rows() {
                 task: Task::Clustering,
                 scores: &churn,
                 cluster_ids: &clusters,
+                labels: &[],
                 version: 1,
                 canary_version: 0,
                 canary_rows: &[],
@@ -512,4 +518,85 @@ fn interpreted_rules_run_and_their_errors_quote_no_values() {
     let errors: Vec<u32> = b.errors.iter().map(|(r, _)| *r).collect();
     assert_eq!(errors, [0, 2]);
     assert_eq!(b.errors[0].1, "division by zero");
+}
+
+#[test]
+fn a_classifier_s_label_feeds_rules_compiled_and_interpreted_alike() {
+    for (rule, expected) in [
+        ("scores.ltv.label == \"x\"", "has no class labels"),
+        ("scores.offer.label > 1", "cannot compare string with int"),
+        ("scores.gone.label == \"x\"", "unknown model `gone`"),
+    ] {
+        let err = compile_one(rule)
+            .err()
+            .unwrap_or_else(|| panic!("{rule} compiled"));
+        assert!(err.contains(expected), "{rule}: {err}");
+    }
+    let (batch, _, churn, _) = random_input(300, 0x0ffe);
+    let classes = ["basic", "plus", "premium"];
+    let labels: Vec<String> = (0..300).map(|r| classes[r * 7 % 3].to_string()).collect();
+    let input = RuleInput {
+        batch: &batch,
+        scores: HashMap::from([
+            (
+                "offer",
+                ModelScoresView {
+                    task: Task::MulticlassClassification,
+                    scores: &churn,
+                    cluster_ids: &[],
+                    labels: &labels,
+                    version: 1,
+                    canary_version: 0,
+                    canary_rows: &[],
+                },
+            ),
+            (
+                "churn",
+                ModelScoresView {
+                    task: Task::BinaryClassification,
+                    scores: &churn,
+                    cluster_ids: &[],
+                    labels: &[],
+                    version: 1,
+                    canary_version: 0,
+                    canary_rows: &[],
+                },
+            ),
+        ]),
+    };
+    let premium: Vec<u32> = (0..300u32)
+        .filter(|r| labels[*r as usize] == "premium")
+        .collect();
+    let high_churn_premium: Vec<u32> = premium
+        .iter()
+        .copied()
+        .filter(|r| churn[*r as usize] > 0.5)
+        .collect();
+    for (rule, members) in [
+        ("scores.offer.label == \"premium\"", &premium),
+        (
+            "scores.offer.label == \"premium\" && scores.churn > 0.5",
+            &high_churn_premium,
+        ),
+        // A macro: the interpreter alone runs it.
+        ("[\"premium\"].exists(x, x == scores.offer.label)", &premium),
+    ] {
+        let compiled = compile_one(rule).unwrap_or_else(|e| panic!("{rule}: {e}"));
+        let file = RulesFile::parse("[[segments]]\nname = \"s\"\nrule = 'true'\n").unwrap();
+        let segments = Segments::compile(&file, &catalog(), None);
+        let mut evaluation = segments.evaluator(&input);
+        let got = evaluation.evaluate(&compiled);
+        assert_eq!(&got.member_rows, members, "{rule}");
+        assert!(got.errors.is_empty(), "{rule}: {:?}", got.errors);
+        let interpreted = evaluation.evaluate_interpreted(&compiled);
+        assert_eq!(&interpreted.member_rows, members, "{rule} (interpreted)");
+    }
+    // The interpreter binds `scores.offer` to one value: a rule it runs
+    // cannot read both the score and the label.
+    let err =
+        compile_one("[1].exists(x, x == 1) && scores.offer.label == \"a\" && scores.offer > 0.5");
+    assert!(
+        err.err().unwrap().contains("cannot read both"),
+        "the interpreter binds one value per model"
+    );
 }

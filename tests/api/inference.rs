@@ -137,6 +137,31 @@ async fn metadata_and_readiness_describe_the_shipped_models() {
         ("features", "FP32")
     );
     assert_eq!(churn.inputs[0].shape, vec![-1, 12]);
+    // Every feature, in matrix order, with what a client needs to encode it.
+    let Some(oip::infer_parameter::ParameterChoice::StringParam(features)) = churn.inputs[0]
+        .parameters["features"]
+        .parameter_choice
+        .clone()
+    else {
+        panic!("no `features` parameter on the matrix input")
+    };
+    let features: serde_json::Value = serde_json::from_str(&features).unwrap();
+    let names: Vec<&str> = features
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = manifest("churn", 2)
+        .features
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert_eq!(names, expected);
+    let region = &features[11];
+    assert_eq!(region["dtype"], "category");
+    assert_eq!(region["categories"][0], "north_america");
+    assert_eq!(features[1]["missing"], "reject");
     assert_eq!(
         (
             churn.outputs[0].name.as_str(),
