@@ -79,6 +79,11 @@ pub enum ModelsCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Champion / challenger: score a labelled file with two versions
+    /// (NAME:VERSION NAME:VERSION) through the engine and print ROC AUC, log
+    /// loss, reliability, Spearman, MAE, Σpredicted/Σactual and top-decile
+    /// lift side by side.
+    Compare(crate::compare::CompareArgs),
 }
 
 #[derive(Debug, Subcommand)]

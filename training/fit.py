@@ -80,8 +80,8 @@ CLASSIFIERS = [
     T.Candidate("logistic_regression", T.logistic, "sklearn StandardScaler + LogisticRegression (C=1)"),
 ]
 REGRESSORS = [
-    T.Candidate("gbr_log1p", gbr_log, "sklearn GradientBoostingRegressor (150 trees, depth 3, learning_rate 0.1, subsample 0.5) on log1p(ltv_365d), times a calibration factor so that the total matches; the ONNX graph applies expm1, the factor and a clamp at 0"),
-    T.Candidate("gbr_huber", gbr_huber, "sklearn GradientBoostingRegressor (huber loss, 150 trees, depth 3, learning_rate 0.1, subsample 0.5) on ltv_365d, times a calibration factor so that the total matches; the ONNX graph clamps at 0"),
+    T.Candidate("gbr_log1p", gbr_log, "sklearn GradientBoostingRegressor (150 trees, depth 3, learning_rate 0.1, subsample 0.5) on log1p(ltv_365d), times a factor so that the total matches on the latest snapshot; the ONNX graph applies expm1, the factor and a clamp at 0"),
+    T.Candidate("gbr_huber", gbr_huber, "sklearn GradientBoostingRegressor (huber loss, 150 trees, depth 3, learning_rate 0.1, subsample 0.5) on ltv_365d, times a factor so that the total matches on the latest snapshot; the ONNX graph applies the factor and clamps at 0"),
 ]
 
 
@@ -95,10 +95,14 @@ class Scaled:
     inner: object
     factor: float = 1.0
 
-    def fit(self, X, y):
+    def fit(self, X, y, calibrate_on=None):
+        """`calibrate_on`: the rows the factor is fitted on (default all). The
+        latest snapshot is used: spend drifts over time (an ageing cohort buys
+        less), so the total of the most recent period is the one to match."""
         self.inner.fit(X, y)
-        pred = self.inner.predict(X)
-        self.factor = float(np.sum(y) / np.sum(pred)) if np.sum(pred) > 0 else 1.0
+        rows = slice(None) if calibrate_on is None else calibrate_on
+        pred = self.inner.predict(X[rows])
+        self.factor = float(np.sum(y[rows]) / np.sum(pred)) if np.sum(pred) > 0 else 1.0
         return self
 
     def predict(self, X):
@@ -249,6 +253,7 @@ def fit(
     snapshots: int = 3,
     snapshot_days: int = 28,
     feature_names: list[str] | None = None,
+    observed_until: str | None = None,
     log=print,
 ) -> dict:
     """Trains, evaluates against the baselines, gates, and writes next versions
@@ -279,12 +284,17 @@ def fit(
     cut_us = F._cutoff_us(cutoff)
     end_us = int(ts.max())
     horizon = {m: F.LABEL_WINDOW_DAYS[LABEL_OF[m]] for m in models}
+    observed = F._cutoff_us(observed_until) if observed_until else end_us
     for m, days in horizon.items():
-        # The label window must be observed: the last event must reach its last day.
-        if end_us < cut_us + (days - 1) * F.US_PER_DAY:
+        # The label window must be observed. A file cannot say when its
+        # observation ended, so the last event stands for it (or
+        # --observed-until), with a slack of 2% of the window (7 days of 365): an
+        # order export rarely ends with an order in its very last hours.
+        slack = max(1.0, days / 50) * F.US_PER_DAY
+        if observed < cut_us + days * F.US_PER_DAY - slack:
             raise ValueError(
                 f"{m}: its label needs events until {_iso(cut_us + days * F.US_PER_DAY)} (cutoff + {days} days), "
-                f"but {events.name} ends at {_iso(end_us)}; choose an earlier --cutoff or leave {m} out of --models")
+                f"but {events.name} ends at {_iso(observed)}; choose an earlier --cutoff or leave {m} out of --models")
     if ts.min() >= cut_us:
         raise ValueError(f"{events.name}: no event before the cutoff {cutoff}")
     log(f"read {len(ev):,} events ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}) "
@@ -329,6 +339,7 @@ def fit(
         "events_by_type": {k: int(v) for k, v in sorted(counts.items())},
         "customers": int(len(final)),
         "date_range": [_iso(int(ts.min())), _iso(end_us)],
+        "observed_until": _iso(observed),
         "cutoff": snaps.cutoffs[0],
         "snapshots": snaps.cutoffs,
         "missing_share_at_cutoff": missing,
@@ -380,7 +391,7 @@ def fit(
                 REGRESSORS, Xt[inner_train | inner_valid], y_t[inner_train | inner_valid],
                 inner_valid[inner_train | inner_valid], seed,
                 lambda y, mod, X: _spearman(y, mod.predict(X)), higher_is_better=True)
-            model = Scaled(pick.make(seed)).fit(Xt, y_t)
+            model = Scaled(pick.make(seed)).fit(Xt, y_t, calibrate_on=latest)
             p_model = model.predict(Xv)
             hgb = B.rfm_boosting_regressor(seed).fit(rfm_t, y_t)
             vcol = {n: i for i, n in enumerate(full_schema_names(full_schema))}
@@ -437,7 +448,8 @@ def fit(
     golden_idx = T.golden_rows(va, seed, schema=schema) if len(va) else np.array([], int)
     for r in reports:
         if r.name == "ltv":
-            final_model = Scaled(r.pick.make(seed)).fit(Xall, r.y_all)
+            final_model = Scaled(r.pick.make(seed)).fit(
+                Xall, r.y_all, calibrate_on=(all_rows["snapshot"] == snaps.cutoffs[0]).to_numpy())
         else:
             final_model = r.pick.make(seed).fit(Xall, r.y_all.astype(int))
         r.final_model = final_model  # type: ignore[attr-defined]

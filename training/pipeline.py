@@ -392,6 +392,8 @@ def _fit_parser(sub) -> None:
     ap.add_argument("--snapshots", type=int, default=3,
                     help="earlier cutoffs stacked for training (default 3; 0 = train at the cutoff only)")
     ap.add_argument("--snapshot-days", type=int, default=28, help="days between snapshots (default 28)")
+    ap.add_argument("--observed-until", metavar="DATE",
+                    help="when the data's observation ends (default: the last event); label windows must fit before it")
     ap.add_argument("--features", help="train on these features only (comma-separated, features.toml order kept)")
 
 
@@ -429,6 +431,7 @@ def main(argv=None):
                 repository=args.model_repository, models=tuple(args.models), report_dir=args.report,
                 allow_worse=args.allow_worse, seed=args.seed, snapshots=args.snapshots,
                 snapshot_days=args.snapshot_days, feature_names=args.features,
+                observed_until=args.observed_until,
             )
         except FIT.GateError as e:
             print(f"error: {e}", file=sys.stderr)

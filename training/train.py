@@ -440,3 +440,15 @@ def select(candidates: list[Candidate], X, y, inner_valid: np.ndarray, seed: int
         scores[c.key] = float(score_fn(y[inner_valid], m, X[inner_valid]))
     pick = (max if higher_is_better else min)(candidates, key=lambda c: scores[c.key])
     return pick, scores
+
+
+if __name__ == "__main__":
+    # This module is the pipeline's library; its command line is pipeline.py's
+    # (`train.py fit ...` = `pipeline.py fit ...`), so `train.py --help` says how
+    # to train instead of printing nothing.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import pipeline
+
+    pipeline.main()
