@@ -195,7 +195,12 @@ fn truncate(id: &str) -> String {
 /// The card's `label_column` (written by `pipeline.py fit`), else the only
 /// column of the labels file besides the id.
 fn default_label_column(path: &Path, id: &str, model: &LoadedModel) -> anyhow::Result<String> {
-    if let Some(c) = model.manifest.card.get("label_column").and_then(|v| v.as_str()) {
+    if let Some(c) = model
+        .manifest
+        .card
+        .get("label_column")
+        .and_then(|v| v.as_str())
+    {
         return Ok(c.to_string());
     }
     let mut reader =
@@ -242,7 +247,10 @@ fn read_labels(path: &Path, id: &str, column: &str) -> anyhow::Result<HashMap<St
             )
         })?;
         if !value.is_finite() {
-            bail!("{}: row {row}, column `{column}`: not finite", path.display());
+            bail!(
+                "{}: row {row}, column `{column}`: not finite",
+                path.display()
+            );
         }
         if out.insert(key, value).is_some() {
             bail!(
