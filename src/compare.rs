@@ -461,6 +461,9 @@ pub fn measure(actual: &[f64], predicted: &[f64], binary: bool) -> (Metrics, Vec
     (metrics, reliability)
 }
 
+/// Reads one figure off a version's metrics (None: not defined for its task).
+type MetricOf = fn(&Metrics) -> Option<f64>;
+
 /// The side-by-side table `compare` prints.
 pub fn table(c: &Comparison) -> String {
     let heads: Vec<String> = c
@@ -472,7 +475,7 @@ pub fn table(c: &Comparison) -> String {
         "{} labelled rows ({} skipped), outcome `{}`\n{:<18}{:>14}{:>14}{:>12}\n",
         c.rows, c.rows_skipped, c.label_column, "metric", heads[0], heads[1], "change"
     );
-    let rows: [(&str, fn(&Metrics) -> Option<f64>); 10] = [
+    let rows: [(&str, MetricOf); 10] = [
         ("roc_auc", |m| m.roc_auc),
         ("log_loss", |m| m.log_loss),
         ("brier", |m| m.brier),
