@@ -18,15 +18,12 @@ Protocol (what the card's `validation` says):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -239,6 +236,10 @@ class ModelReport:
     golden: pd.DataFrame | None = None
     written: Path | None = None
     selection: dict = field(default_factory=dict)
+    pick: T.Candidate | None = None
+    label: str = ""
+    y_all: np.ndarray | None = None  # the label over every customer and snapshot (the refit)
+    final_model: object | None = None
 
 
 def fit(
@@ -406,7 +407,7 @@ def fit(
             model = Scaled(pick.make(seed)).fit(Xt, y_t, calibrate_on=latest)
             p_model = model.predict(Xv)
             hgb = B.rfm_boosting_regressor(seed).fit(rfm_t, y_t)
-            vcol = {n: i for i, n in enumerate(full_schema_names(full_schema))}
+            vcol = {f.name: i for i, f in enumerate(full_schema)}
             Xv_full = F.to_matrix(imp_v, full_schema)
             carry = Xv_full[:, vcol["monetary_total"]] * 365.0 / np.maximum(Xv_full[:, vcol["tenure_days"]], 30.0)
             preds = {"model": p_model, "recency_alone": -rec_v,
@@ -443,9 +444,8 @@ def fit(
             public["model"].update({k: _r(v) for k, v in T.regression_metrics(y_v, p_model).items()})
         report = ModelReport(name=m, task="regression" if m == "ltv" else "binary_classification",
                              metrics=public["model"], baselines={k: v for k, v in public.items() if k != "model"},
-                             gate=gate, card={}, selection={"picked": pick.key, "inner": {k: _r(v) for k, v in inner.items()}})
-        report.pick, report.label = pick, label  # type: ignore[attr-defined]
-        report.y_all = y_all  # type: ignore[attr-defined]
+                             gate=gate, card={}, selection={"picked": pick.key, "inner": {k: _r(v) for k, v in inner.items()}},
+                             pick=pick, label=label, y_all=y_all)
         reports.append(report)
         log(f"{m}: {primary} {stats['model'][primary]:.4f} vs best baseline {best} {stats[best][primary]:.4f} "
             f"({'+' if margin >= 0 else ''}{margin:.4f})"
@@ -465,7 +465,7 @@ def fit(
                 Xall, r.y_all, calibrate_on=(all_rows["snapshot"] == snaps.cutoffs[0]).to_numpy())
         else:
             final_model = r.pick.make(seed).fit(Xall, r.y_all.astype(int))
-        r.final_model = final_model  # type: ignore[attr-defined]
+        r.final_model = final_model
         r.card = {
             "description": {
                 "churn": "Probability that the customer makes no purchase in the 90 days after the scoring date (churned = 1).",
@@ -527,10 +527,6 @@ def fit(
     return summary
 
 
-def full_schema_names(schema) -> list[str]:
-    return [f.name for f in schema]
-
-
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -575,7 +571,7 @@ def write_next_version(repo: Path, r: ModelReport, schema, va, golden_idx, Xv, s
     names = [f.name for f in schema]
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
-        model = r.final_model  # type: ignore[attr-defined]
+        model = r.final_model
         if r.task == "regression":
             onx = T.export_regressor(model.inner, len(names), r.name, version, names, factor=model.factor)
             score, out, col = {"output": "ltv", "column": 0}, "ltv", 0
