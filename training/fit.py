@@ -232,9 +232,6 @@ class ModelReport:
     baselines: dict
     gate: dict
     card: dict
-    onnx: bytes | None = None
-    golden: pd.DataFrame | None = None
-    written: Path | None = None
     selection: dict = field(default_factory=dict)
     pick: T.Candidate | None = None
     label: str = ""
@@ -299,7 +296,7 @@ def fit(
     if ts.min() >= cut_us:
         raise ValueError(f"{events.name}: no event before the cutoff {cutoff}")
     log(f"read {len(ev):,} events ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}) "
-        f"for {ev['customer_id'].nunique():,} customers from {events}", )
+        f"for {ev['customer_id'].nunique():,} customers from {events}")
 
     snaps = build_snapshots(ev, at, cutoff, snapshots, snapshot_days, full_schema)
     final = snaps.frames[0]
@@ -313,7 +310,7 @@ def fit(
         raise ValueError(f"too few customers to train and validate: {len(train_rows)} training rows, "
                          f"{len(va)} validation customers")
     log(f"{len(final):,} customers at cutoff {snaps.cutoffs[0]}; {len(train_rows):,} training rows from "
-        f"{len(snaps.cutoffs) - 1 or 1} snapshot(s), {len(va):,} validation customers", )
+        f"{len(snaps.cutoffs) - 1 or 1} snapshot(s), {len(va):,} validation customers")
 
     imp_t, imp_v, imp_all = (F.impute(d, full_schema) for d in (train_rows, va, all_rows))
     Xt, Xv, Xall = (F.to_matrix(d, schema) for d in (imp_t, imp_v, imp_all))
@@ -342,7 +339,7 @@ def fit(
 
     rfm_t, rfm_v = B.rfm_matrix(train_rows), B.rfm_matrix(va)
     rec_t, rec_v = rfm_t[:, 0], rfm_v[:, 0]
-    log(f"baselines: BG/NBD + Gamma-Gamma fitted on {int(summ_t['bought'].sum()):,} training customers", )
+    log(f"baselines: BG/NBD + Gamma-Gamma fitted on {int(summ_t['bought'].sum()):,} training customers")
 
     missing = {f.name: round(float(final[f.name].isna().mean()), 4) for f in full_schema}
     data_card = {
@@ -398,7 +395,7 @@ def fit(
             stats = bootstrap(y_v.astype(int), preds, CLASSIFIER_METRICS, seed)
             # The ROC AUC of recency alone is its raw ranking's (the logistic fit is monotone).
             stats["recency_alone"]["roc_auc"] = _auc(y_v.astype(int), rec_score)
-            primary, better = "roc_auc", "higher"
+            primary = "roc_auc"
         else:
             pick, inner = T.select(
                 REGRESSORS, Xt[inner_train | inner_valid], y_t[inner_train | inner_valid],
@@ -418,7 +415,7 @@ def fit(
             stats = bootstrap(y_v, preds, REGRESSION_METRICS, seed)
             for k in ("sum_ratio", "sum_ratio_ci95", "_sum_ratio_samples"):
                 del stats["recency_alone"][k]  # a ranking, not an amount
-            primary, better = "spearman", "higher"
+            primary = "spearman"
 
         base_names = [k for k in preds if k != "model"]
         best = max(base_names, key=lambda k: stats[k][primary])
@@ -450,7 +447,7 @@ def fit(
         log(f"{m}: {primary} {stats['model'][primary]:.4f} vs best baseline {best} {stats[best][primary]:.4f} "
             f"({'+' if margin >= 0 else ''}{margin:.4f})"
             + (f", sum ratio {stats['model']['sum_ratio']:.3f}" if m == "ltv" else "")
-            + ("" if gate["passed"] else "  [below the gate]"), )
+            + ("" if gate["passed"] else "  [below the gate]"))
 
     base_rates = {LABEL_OF[r.name]: _r(float(va[LABEL_OF[r.name]].mean())) for r in reports if r.name != "ltv"}
     if any(r.name == "ltv" for r in reports):
