@@ -98,7 +98,7 @@ validate: build
 
 # Regenerates data, features and every shipped model (same seed, same models).
 models: build
-	$(VENV)/bin/python training/pipeline.py --customers $(CUSTOMERS) --seed $(SEED) --workdir training/out --model-repository models
+	$(VENV)/bin/python training/pipeline.py synthetic --customers $(CUSTOMERS) --seed $(SEED) --workdir training/out --model-repository models
 	$(BIN) train --train training/out/features_train.csv --valid training/out/features_valid.csv \
 		--schema training/features.toml --label churned --name churn --version 1 --model-repository models --force
 	$(BIN) train --train training/out/features_train.csv --valid training/out/features_valid.csv \

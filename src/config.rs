@@ -84,6 +84,11 @@ pub enum ModelsCommand {
     /// a sample CSV, computes the golden set with the real engine, checks
     /// the version like the server does and only then moves it into place.
     Import(ImportArgs),
+    /// Champion / challenger: score a labelled file with two versions
+    /// (NAME:VERSION NAME:VERSION) through the engine and print ROC AUC, log
+    /// loss, reliability, Spearman, MAE, Σpredicted/Σactual and top-decile
+    /// lift side by side.
+    Compare(crate::compare::CompareArgs),
 }
 
 /// `segscore models import`; the rules are in `repository::import`.

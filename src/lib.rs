@@ -6,7 +6,8 @@
 //! [`engine`] scores on worker threads that own ONNX Runtime or smartcore
 //! backends; [`segments`] evaluates CEL segment rules over the features and
 //! scores. [`app`] wires the server, [`config`] parses options, [`bulk`] is the
-//! `segscore score` file job, [`train`] the smartcore trainer and [`bench`] the
+//! `segscore score` file job, [`compare`] the champion/challenger report,
+//! [`train`] the smartcore trainer and [`bench`] the
 //! benchmark suite.
 
 pub mod alloc;
@@ -14,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bulk;
+pub mod compare;
 pub mod config;
 pub mod echo;
 pub mod engine;

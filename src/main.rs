@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 
 use segscore::{
     app::{shutdown_signal, Application},
-    bench, bulk,
+    bench, bulk, compare,
     config::{self, Command, LogFormat, ModelsCommand, SegmentsCommand},
     repository::{self, load, Manifest},
     segments, telemetry, train,
@@ -92,6 +92,15 @@ fn main() -> ExitCode {
             validate(&dir, &engine.engine_config())
         }
         Command::Models(ModelsCommand::Import(args)) => import_model(args),
+        Command::Models(ModelsCommand::Compare(args)) => rt.block_on(async {
+            let c = compare::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&c)?);
+            } else {
+                print!("{}", compare::table(&c));
+            }
+            Ok(())
+        }),
         Command::Segments(command) => run_segments(command),
         Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
     };

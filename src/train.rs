@@ -38,6 +38,31 @@ use crate::{
     },
 };
 
+/// `--clusters`: a fixed k or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterCount {
+    Auto,
+    Fixed(usize),
+}
+
+impl std::str::FromStr for ClusterCount {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(ClusterCount::Auto),
+            n => n
+                .parse()
+                .map(ClusterCount::Fixed)
+                .map_err(|_| format!("`{s}`: expected a number of clusters or `auto`")),
+        }
+    }
+}
+
+/// Validation rows the silhouette is computed on (O(n²) distances): a
+/// deterministic stride through the file, enough for a stable mean.
+const SILHOUETTE_ROWS: usize = 2000;
+
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Training rows: customer_id, the schema's features, the label column.
@@ -59,9 +84,14 @@ pub struct TrainArgs {
     /// Binary label column (0/1); required for binary_classification.
     #[arg(long, env = "SEGSCORE_LABEL", default_value = "")]
     pub label: String,
-    /// Clustering: number of clusters.
-    #[arg(long, env = "SEGSCORE_CLUSTERS", default_value_t = 5)]
-    pub clusters: usize,
+    /// Clustering: number of clusters, or `auto` to choose k in
+    /// 2..=--clusters-max by the mean silhouette on validation rows (the card
+    /// shows the curve).
+    #[arg(long, env = "SEGSCORE_CLUSTERS", default_value = "5")]
+    pub clusters: ClusterCount,
+    /// Clustering with `--clusters auto`: the largest k tried.
+    #[arg(long, env = "SEGSCORE_CLUSTERS_MAX", default_value_t = 10)]
+    pub clusters_max: usize,
     /// Features the model uses, comma-separated, in this order (default: every
     /// feature of --schema).
     #[arg(long, env = "SEGSCORE_FEATURES", value_delimiter = ',')]
@@ -288,20 +318,53 @@ fn train_logistic(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<B
 /// Fits K-Means on the standardised features and writes the version; returns
 /// each cluster's share of the validation rows.
 fn train_kmeans(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<Vec<f64>> {
-    if args.clusters < 2 {
-        bail!("--clusters must be at least 2");
-    }
+    let candidates: Vec<usize> = match args.clusters {
+        ClusterCount::Fixed(k) if k < 2 => bail!("--clusters must be at least 2"),
+        ClusterCount::Fixed(k) => vec![k],
+        ClusterCount::Auto if args.clusters_max < 3 => {
+            bail!("--clusters-max must be at least 3 for --clusters auto")
+        }
+        ClusterCount::Auto => (2..=args.clusters_max).collect(),
+    };
     let schema = FeatureSchema::new(specs.clone())?;
     let x_train = load_x(&args.train, &schema)?;
     let x_valid = load_x(&args.valid, &schema)?;
     let (rows, cols) = x_train.dim();
     let (standardize, scaled) = standardized(&x_train);
     let x = DenseMatrix::new(rows, cols, scaled, false).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut params = KMeansParameters::default()
-        .with_k(args.clusters)
-        .with_max_iter(300);
-    params.seed = Some(args.seed);
-    let model: KMeans = KMeans::fit(&x, params).map_err(|e| anyhow::anyhow!("fitting: {e}"))?;
+    let fit = |k: usize| -> anyhow::Result<KMeans> {
+        let mut params = KMeansParameters::default().with_k(k).with_max_iter(300);
+        params.seed = Some(args.seed);
+        KMeans::fit(&x, params).map_err(|e| anyhow::anyhow!("fitting k = {k}: {e}"))
+    };
+    // Validation rows in standardised units (the training mean and scale).
+    let stride = x_valid.nrows().div_ceil(SILHOUETTE_ROWS).max(1);
+    let sample: Vec<Vec<f64>> = x_valid
+        .rows()
+        .into_iter()
+        .step_by(stride)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(j, &v)| standardize.apply(j, f64::from(v)))
+                .collect()
+        })
+        .collect();
+    let mut curve = Vec::new();
+    let mut best: Option<(f64, KMeans)> = None;
+    for &k in &candidates {
+        let model = fit(k)?;
+        if candidates.len() == 1 {
+            best = Some((f64::NAN, model));
+            break;
+        }
+        let score = silhouette(&sample, &kmeans_centroids(&model)?);
+        curve.push((k, score));
+        if best.as_ref().is_none_or(|(s, _)| score > *s) {
+            best = Some((score, model));
+        }
+    }
+    let (_, model) = best.expect("at least one k was tried; this is a bug");
     let centroids = kmeans_centroids(&model)?;
     let file = SmartcoreModelFile {
         format: FILE_FORMAT.into(),
@@ -358,6 +421,28 @@ fn train_kmeans(args: &TrainArgs, specs: Vec<FeatureSpec>) -> anyhow::Result<Vec
         .into(),
     );
     card.insert("trained_at".into(), trained_at());
+    if !curve.is_empty() {
+        let mut selection = toml::Table::new();
+        selection.insert("method".into(), format!("--clusters auto: the k in {}..={} with the highest mean silhouette (Euclidean, standardised units) on {} validation rows", candidates[0], candidates[candidates.len() - 1], sample.len()).into());
+        selection.insert("chosen".into(), (k as i64).into());
+        selection.insert(
+            "k".into(),
+            curve
+                .iter()
+                .map(|&(k, _)| k as i64)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        selection.insert(
+            "silhouette".into(),
+            curve
+                .iter()
+                .map(|&(_, s)| round(s))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        card.insert("k_selection".into(), selection.into());
+    }
     let mut metrics = toml::Table::new();
     metrics.insert("mean_distance_valid".into(), round(mean_distance).into());
     metrics.insert("cluster_shares_valid".into(), valid_shares.clone().into());
@@ -456,6 +541,55 @@ fn round(v: f64) -> f64 {
 }
 
 /// The feature matrix of a CSV (imputed and encoded as the server does).
+/// Mean silhouette of `rows` assigned to their nearest centroid: for each
+/// row, (b − a) / max(a, b) with a the mean distance to the other rows of its
+/// cluster and b the smallest mean distance to another cluster's rows; 0 for
+/// a row alone in its cluster (Rousseeuw 1987, as sklearn's
+/// silhouette_score).
+fn silhouette(rows: &[Vec<f64>], centroids: &[Vec<f64>]) -> f64 {
+    let dist = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let label: Vec<usize> = rows
+        .iter()
+        .map(|r| {
+            (0..centroids.len())
+                .min_by(|&i, &j| dist(r, &centroids[i]).total_cmp(&dist(r, &centroids[j])))
+                .unwrap_or(0)
+        })
+        .collect();
+    let k = centroids.len();
+    let mut size = vec![0usize; k];
+    for &l in &label {
+        size[l] += 1;
+    }
+    let mut total = 0.0;
+    for (i, r) in rows.iter().enumerate() {
+        if size[label[i]] <= 1 {
+            continue; // contributes 0
+        }
+        let mut sums = vec![0.0; k];
+        for (j, other) in rows.iter().enumerate() {
+            if i != j {
+                sums[label[j]] += dist(r, other);
+            }
+        }
+        let a = sums[label[i]] / (size[label[i]] - 1) as f64;
+        let b = (0..k)
+            .filter(|&c| c != label[i] && size[c] > 0)
+            .map(|c| sums[c] / size[c] as f64)
+            .fold(f64::INFINITY, f64::min);
+        if b.is_finite() {
+            total += (b - a) / a.max(b);
+        }
+    }
+    total / rows.len().max(1) as f64
+}
+
 fn load_x(path: &Path, schema: &FeatureSchema) -> anyhow::Result<Array2<f32>> {
     let (batch, _) = read_csv_batch(path, schema, "").map_err(anyhow::Error::msg)?;
     Ok(schema.encode(&batch, 0..batch.rows())?)
@@ -586,5 +720,34 @@ mod tests {
         assert_eq!(binary_metrics(&[0.1, 0.2, 0.8, 0.9], &y).roc_auc, 1.0);
         assert_eq!(binary_metrics(&[0.9, 0.8, 0.2, 0.1], &y).roc_auc, 0.0);
         assert_eq!(binary_metrics(&[0.5, 0.5, 0.5, 0.5], &y).roc_auc, 0.5);
+    }
+
+    #[test]
+    fn silhouette_prefers_the_true_number_of_blobs() {
+        // Three tight blobs on a line: the right centroids score near 1, two
+        // centroids (one straddling two blobs) score lower.
+        let rows: Vec<Vec<f64>> = [0.0, 10.0, 20.0]
+            .iter()
+            .flat_map(|&c| (0..5).map(move |i| vec![c + 0.1 * i as f64, 0.0]))
+            .collect();
+        let three = silhouette(&rows, &[vec![0.2, 0.0], vec![10.2, 0.0], vec![20.2, 0.0]]);
+        let two = silhouette(&rows, &[vec![0.2, 0.0], vec![15.2, 0.0]]);
+        assert!(three > 0.95 && two < three, "three {three}, two {two}");
+        // sklearn.metrics.silhouette_score on these rows and labels ({0, 1}, {4, 5, 6}).
+        let reference = silhouette(
+            &[vec![0.0], vec![1.0], vec![4.0], vec![5.0], vec![6.0]],
+            &[vec![0.5], vec![5.0]],
+        );
+        assert!(
+            (reference - 0.725_295_815_295_815).abs() < 1e-12,
+            "{reference}"
+        );
+    }
+
+    #[test]
+    fn cluster_count_parses_auto_and_numbers() {
+        assert_eq!("auto".parse::<ClusterCount>(), Ok(ClusterCount::Auto));
+        assert_eq!("7".parse::<ClusterCount>(), Ok(ClusterCount::Fixed(7)));
+        assert!("many".parse::<ClusterCount>().is_err());
     }
 }

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""segscore training pipeline: generate -> features -> split -> train -> export.
+"""segscore training pipeline.
 
-    python training/pipeline.py --customers 50000 --seed 20261123 \\
-        --workdir training/out --model-repository models
+    python training/pipeline.py fit --events orders.csv --cutoff 2025-01-01 \\
+        --model-repository models          # your own data -> next versions
+    python training/pipeline.py synthetic --customers 50000 --seed 20261123 \\
+        --workdir training/out --model-repository models   # what `make models` runs
+
+`synthetic` generates data, then features -> split -> train -> export, and
 
 writes
     <workdir>/events.parquet, <workdir>/customers.csv     raw synthetic data
@@ -32,6 +36,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import features as F  # noqa: E402
+import fit as FIT  # noqa: E402
 import generate as G  # noqa: E402
 import train as T  # noqa: E402
 
@@ -344,27 +349,97 @@ def print_summary(s: dict) -> None:
     print(f"  propensity picked {p['picked']}, ltv picked {l['picked']}; pipeline {s['seconds']}s")
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+SUBCOMMANDS = ("fit", "synthetic")
+
+
+def _synthetic_parser(sub) -> None:
+    ap = sub.add_parser(
+        "synthetic", allow_abbrev=False,
+        help="generate seeded synthetic data and train the shipped models (what `make models` runs)",
+        description="generate -> features -> split -> train -> export on synthetic data (see the module doc)")
     ap.add_argument("--customers", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--workdir", default=str(HERE / "out"))
     ap.add_argument("--model-repository", default=str(HERE.parent / "models"),
-                    help="the model repository to write the new versions into")
+                    help="the model repository to write the shipped versions into")
     # The old spelling: `--models` is only ever a list of models elsewhere.
     ap.add_argument("--models", dest="deprecated_models", help=argparse.SUPPRESS)
     ap.add_argument("--samples", default=str(HERE), help="where sample_users*.csv go ('-' = skip)")
     ap.add_argument("--cutoff", default=DEFAULT_CUTOFF)
     ap.add_argument("--events-format", choices=["parquet", "csv"], default="parquet")
+
+
+def _fit_parser(sub) -> None:
+    ap = sub.add_parser(
+        "fit", allow_abbrev=False,
+        help="train churn, ltv and propensity on your own events and write them as next versions",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=FIT.__doc__)
+    ap.add_argument("--events", required=True,
+                    help="events file, CSV or Parquet: customer_id,timestamp,event,amount (purchases-only works)")
+    ap.add_argument("--attributes", help="optional customer_id,region,signup_date file (CSV or Parquet)")
+    ap.add_argument("--cutoff", required=True,
+                    help="scoring date of the final snapshot (UTC); the events must reach cutoff + 365 days for ltv")
+    ap.add_argument("--model-repository", default=str(HERE.parent / "models"),
+                    help="the repository to add versions to (default: models); existing versions are never touched")
+    ap.add_argument("--models", default=",".join(FIT.MODELS),
+                    help="models to train, comma-separated (default: churn,ltv,propensity)")
+    ap.add_argument("--report", metavar="DIR",
+                    help="write the evaluation (report.json, report.md) to DIR and no model version")
+    ap.add_argument("--allow-worse", action="store_true",
+                    help="write a model even when it does not beat the best baseline on validation")
+    ap.add_argument("--seed", type=int, default=20261123, help="seeds the split and every model")
+    ap.add_argument("--snapshots", type=int, default=3,
+                    help="earlier cutoffs stacked for training (default 3; 0 = train at the cutoff only)")
+    ap.add_argument("--snapshot-days", type=int, default=28, help="days between snapshots (default 28)")
+    ap.add_argument("--observed-until", metavar="DATE",
+                    help="when the data's observation ends (default: the last event); label windows must fit before it")
+    ap.add_argument("--features", help="train on these features only (comma-separated, features.toml order kept)")
+
+
+def parse_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        # The invocation before subcommands existed: options only = synthetic.
+        print("warning: pipeline.py without a subcommand is deprecated; use `pipeline.py synthetic ...`",
+              file=sys.stderr)
+        argv = ["synthetic", *argv]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _fit_parser(sub)
+    _synthetic_parser(sub)
     args = ap.parse_args(argv)
-    if args.deprecated_models is not None:
+    if args.command == "synthetic" and args.deprecated_models is not None:
         print("warning: --models is deprecated; use --model-repository", file=sys.stderr)
         args.model_repository = args.deprecated_models
+    if args.command == "fit":
+        args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = set(args.models) - set(FIT.MODELS)
+        if unknown or not args.models:
+            ap.error(f"--models: unknown model(s) {sorted(unknown)}; choose from {', '.join(FIT.MODELS)}")
+        args.features = [f.strip() for f in args.features.split(",")] if args.features else None
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.command == "fit":
+        try:
+            FIT.fit(
+                events=args.events, attributes=args.attributes, cutoff=args.cutoff,
+                repository=args.model_repository, models=tuple(args.models), report_dir=args.report,
+                allow_worse=args.allow_worse, seed=args.seed, snapshots=args.snapshots,
+                snapshot_days=args.snapshot_days, feature_names=args.features,
+                observed_until=args.observed_until,
+            )
+        except FIT.GateError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
     s = run(
         customers=args.customers, seed=args.seed, workdir=args.workdir, models=args.model_repository,
         samples=None if args.samples == "-" else args.samples, cutoff=args.cutoff,

@@ -220,9 +220,10 @@ def export_classifier(model, n_features: int, name: str, version: int, feature_n
     return _finish(onx, name, version, feature_names)
 
 
-def export_regressor(reg, n_features: int, name: str, version: int, feature_names) -> bytes:
+def export_regressor(reg, n_features: int, name: str, version: int, feature_names, factor: float = 1.0) -> bytes:
     """Exports a Plain or LogTarget regressor; the output is named `ltv` [N, 1] and is
-    the value itself (expm1 and the clamp at 0 are part of the graph)."""
+    the value itself (expm1, the calibration `factor` when not 1, and the clamp at 0
+    are part of the graph)."""
     onx = convert_sklearn(
         reg.model,
         name=f"segscore_{name}",
@@ -240,6 +241,10 @@ def export_regressor(reg, n_features: int, name: str, version: int, feature_name
             helper.make_node("Sub", ["ltv_exp", "ltv_one"], ["ltv_expm1"], name="ltv_expm1"),
         ]
         src = "ltv_expm1"
+    if factor != 1.0:
+        g.initializer.append(numpy_helper.from_array(np.array([factor], np.float32), "ltv_factor"))
+        nodes.append(helper.make_node("Mul", [src, "ltv_factor"], ["ltv_scaled"], name="ltv_calibration"))
+        src = "ltv_scaled"
     nodes.append(helper.make_node("Relu", [src], ["ltv"], name="ltv_clamp_nonnegative"))
     g.node.extend(nodes)
     del g.output[:]
@@ -373,9 +378,9 @@ def write_version(
     card: dict,
     schema_path: Path | None = None,
 ) -> Path:
-    """models/<name>/<version>/: model.onnx, golden.csv, then model.toml (atomically,
-    last). An existing manifest is removed first so a watcher never pairs an old
-    manifest with a new model file."""
+    """models/<name>/<version>/ in place (`make models` rewrites the shipped
+    versions): an existing manifest is removed first so a watcher never pairs an
+    old manifest with a new model file, then the files, manifest last."""
     d = Path(models_dir) / name / str(version)
     d.mkdir(parents=True, exist_ok=True)
     manifest = d / "model.toml"
@@ -383,22 +388,36 @@ def write_version(
         manifest.unlink()
     for stale in d.glob("*.tmp"):
         stale.unlink()
+    write_version_files(d, name, version, task, model_bytes, score, golden_df, card, F.load_schema(schema_path))
+    return d
+
+
+def write_version_files(
+    d: Path,
+    name: str,
+    version: int,
+    task: str,
+    model_bytes: bytes,
+    score: dict,
+    golden_df: pd.DataFrame,
+    card: dict,
+    schema: list,
+) -> None:
+    """model.onnx, golden.csv, then model.toml (atomically, last) into the directory
+    `d`. `schema` is the model's input features (features.toml's, or a subset of
+    them in the same order); their features.toml entries go into the manifest."""
+    d = Path(d)
     model_path = d / "model.onnx"
     model_path.write_bytes(model_bytes)
-    schema = F.load_schema(schema_path)
     F.write_feature_csv(d / "golden.csv", golden_df, schema, extra=["expected"])
-    with open(schema_path or F.SCHEMA_PATH, "rb") as f:
-        import tomllib
-
-        features_raw = tomllib.load(f)["features"]
+    features_raw = [f.raw for f in schema]
     text = render_manifest(
         name, version, task, "model.onnx", sha256_file(model_path), score, features_raw,
         "golden.csv", TOLERANCE[task], card,
     )
     tmp = d / "model.toml.tmp"
     tmp.write_text(text)
-    os.replace(tmp, manifest)
-    return d
+    os.replace(tmp, d / "model.toml")
 
 
 # --------------------------------------------------------------------------------------
@@ -421,3 +440,15 @@ def select(candidates: list[Candidate], X, y, inner_valid: np.ndarray, seed: int
         scores[c.key] = float(score_fn(y[inner_valid], m, X[inner_valid]))
     pick = (max if higher_is_better else min)(candidates, key=lambda c: scores[c.key])
     return pick, scores
+
+
+if __name__ == "__main__":
+    # This module is the pipeline's library; its command line is pipeline.py's
+    # (`train.py fit ...` = `pipeline.py fit ...`), so `train.py --help` says how
+    # to train instead of printing nothing.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import pipeline
+
+    pipeline.main()

@@ -71,9 +71,15 @@ def test_same_seed_same_models(small_run, tmp_path):
 
 
 def test_model_repository_option_and_its_deprecated_spelling(capsys):
-    assert pipeline.parse_args(["--model-repository", "repo"]).model_repository == "repo"
+    assert pipeline.parse_args(["synthetic", "--model-repository", "repo"]).model_repository == "repo"
     assert capsys.readouterr().err == ""
-    # `--models` is a list of models everywhere else; here it is the old
-    # spelling of the repository, accepted with a warning.
-    assert pipeline.parse_args(["--models", "old"]).model_repository == "old"
+    # `--models` is a list of models everywhere else; for `synthetic` it is the
+    # old spelling of the repository, accepted with a warning.
+    assert pipeline.parse_args(["synthetic", "--models", "old"]).model_repository == "old"
     assert "--models is deprecated; use --model-repository" in capsys.readouterr().err
+
+
+def test_the_invocation_without_a_subcommand_still_means_synthetic(capsys):
+    args = pipeline.parse_args(["--customers", "10", "--model-repository", "repo"])
+    assert (args.command, args.customers, args.model_repository) == ("synthetic", 10, "repo")
+    assert "use `pipeline.py synthetic" in capsys.readouterr().err
