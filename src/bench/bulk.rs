@@ -149,6 +149,7 @@ fn in_process(
                     column: m.score.column,
                     inputs: Vec::new(),
                     classes: None,
+                    clustering: false,
                 },
             ))
         })

@@ -336,6 +336,7 @@ fn in_process(
         column: manifest.score.column,
         inputs: Vec::new(),
         classes: None,
+        clustering: false,
     };
     let batch = Arc::new(tile(input, rows));
     let duration = Duration::from_secs_f64(args.seconds);

@@ -103,6 +103,10 @@ pub struct OnnxSignature {
     /// Classifiers with declared classes: the score output has this many
     /// columns and every one is returned (see [`Backend::outputs_per_row`]).
     pub classes: Option<usize>,
+    /// Clustering: the score output holds each row's distance to every
+    /// centroid (`[N, k]`, skl2onnx's KMeans `scores`); the backend returns
+    /// `[nearest centroid, its distance]` per row, as smartcore's does.
+    pub clustering: bool,
 }
 
 /// One graph input: its name, element type and the encoded-matrix columns
@@ -151,6 +155,7 @@ pub struct OnnxBackend {
     /// matrix is passed as is, without a copy.
     whole_matrix: bool,
     classes: Option<usize>,
+    clustering: bool,
 }
 
 impl OnnxBackend {
@@ -196,6 +201,7 @@ impl OnnxBackend {
             whole_matrix,
             inputs,
             classes: signature.classes,
+            clustering: signature.clustering,
         })
     }
 }
@@ -414,6 +420,29 @@ impl Backend for OnnxBackend {
                 self.output
             )));
         }
+        if self.clustering {
+            if width == 0 {
+                return Err(BackendError::Inference(format!(
+                    "output `{}` has no centroid distances",
+                    self.output
+                )));
+            }
+            return Ok(data
+                .chunks_exact(width)
+                .flat_map(|distances| {
+                    // The nearest centroid; the first on a tie, as ArgMin.
+                    let (cluster, distance) =
+                        distances
+                            .iter()
+                            .enumerate()
+                            .fold(
+                                (0, f32::INFINITY),
+                                |best, (i, &d)| if d < best.1 { (i, d) } else { best },
+                            );
+                    [cluster as f32, distance]
+                })
+                .collect());
+        }
         if let Some(classes) = self.classes {
             if width != classes {
                 return Err(BackendError::Inference(format!(
@@ -432,6 +461,10 @@ impl Backend for OnnxBackend {
     }
 
     fn outputs_per_row(&self) -> usize {
-        self.classes.unwrap_or(1)
+        if self.clustering {
+            2
+        } else {
+            self.classes.unwrap_or(1)
+        }
     }
 }

@@ -21,8 +21,8 @@
 //! - **task**: a float `[N, C]` output next to a label output (or named
 //!   `prob…`) is a classifier: C = 2 is binary with the score in column 1 (the
 //!   second class, sklearn's positive class), C > 2 multiclass; one float
-//!   output is a regressor; a KMeans graph is clustering (refused: the ONNX
-//!   backend scores clusters only through smartcore today).
+//!   output is a regressor; a KMeans graph is clustering (served as the
+//!   nearest centroid of its `[N, k]` distance output and that distance).
 //!
 //! The golden set is the model's output on the first sample rows through the
 //! real engine (feature schema encoding + [`OnnxBackend`]); the version is
@@ -658,10 +658,26 @@ fn detect_task(
         )));
     }
     if forced == Some(Task::Clustering) || forced.is_none() && graph.clustering {
-        return Err(ImportError::Task(
-            "this graph is a clustering model (KMeans); segscore serves clustering models \
-             through smartcore (`segscore train --task clustering`), not ONNX, for now"
-                .into(),
+        // skl2onnx's KMeans: `label` [N] and `scores` [N, k], each row's
+        // distance to every centroid; the backend takes the nearest.
+        let distances = outputs
+            .iter()
+            .filter(float)
+            // One column would be one centroid: nothing to assign.
+            .find(|t| t.shape.len() == 2 && t.shape[1] != 1)
+            .ok_or_else(|| {
+                ImportError::Task(format!(
+                    "a clustering model needs a float [N, clusters] output of distances to \
+                     the centroids (skl2onnx KMeans: `scores`); the graph's outputs are {names:?}"
+                ))
+            })?;
+        return Ok((
+            Task::Clustering,
+            ScoreSpec {
+                output: distances.name.clone(),
+                column: 0,
+            },
+            Vec::new(),
         ));
     }
     let classifier = match forced {
@@ -874,13 +890,21 @@ fn golden_csv(
         .score(input.view())
         .map_err(|e| engine_error(e.to_string()))?;
     let picker = ScorePicker::of(manifest);
-    if raw.len() != rows * picker.width() {
+    // Clustering rows are `[cluster id, distance]`: the score is the distance
+    // and the cluster goes in `expected_cluster`, as the server checks it.
+    let clustering = manifest.task == Task::Clustering;
+    let per_row = if clustering { 2 } else { picker.width() };
+    if raw.len() != rows * per_row {
         return Err(engine_error(format!(
             "the model returned {} values for {rows} rows",
             raw.len()
         )));
     }
-    let scores: Vec<f32> = picker.scores(&raw).collect();
+    let scores: Vec<f32> = if clustering {
+        raw.chunks_exact(2).map(|pair| pair[1]).collect()
+    } else {
+        picker.scores(&raw).collect()
+    };
     if let Some(row) = scores.iter().position(|s| !s.is_finite()) {
         return Err(engine_error(format!(
             "row {row}: the model returned a non-finite score"
@@ -895,6 +919,9 @@ fn golden_csv(
         .map(str::to_owned)
         .collect();
     header.push("expected".into());
+    if clustering {
+        header.push("expected_cluster".into());
+    }
     if picker != ScorePicker::Single {
         header.push("expected_label".into());
     }
@@ -907,6 +934,10 @@ fn golden_csv(
             .map(str::to_owned)
             .collect();
         record.push(scores[i].to_string());
+        if clustering {
+            // Ids are small integers the backend wrote as f32: exact.
+            record.push((raw[i * 2] as u32).to_string());
+        }
         if picker != ScorePicker::Single {
             let class = argmax(&raw[i * width..(i + 1) * width]);
             record.push(manifest.classes[class].clone());
@@ -1254,7 +1285,16 @@ mod tests {
             clustering: true,
             ..graph::Summary::default()
         };
+        // A KMeans graph without a [N, k > 1] distance output cannot be served...
         assert!(detect_task(None, &regression, &kmeans).is_err());
+        // ...with one (skl2onnx's `scores`), it is clustering on it.
+        let km_outputs = [
+            tensor("label", TensorElementType::Int64, &[-1]),
+            tensor("scores", TensorElementType::Float32, &[-1, 4]),
+        ];
+        let (task, score, classes) = detect_task(None, &km_outputs, &kmeans).unwrap();
+        assert_eq!((task, score.output.as_str()), (Task::Clustering, "scores"));
+        assert!(classes.is_empty());
     }
 
     #[test]

@@ -491,6 +491,7 @@ pub(crate) fn build_backend(
                 column: manifest.score.column,
                 inputs: input_bindings(manifest, schema)?,
                 classes: (!manifest.classes.is_empty()).then_some(manifest.classes.len()),
+                clustering: manifest.task == Task::Clustering,
             };
             Box::new(OnnxBackend::load(
                 env,

@@ -169,12 +169,34 @@ def skl_multiclass(tmp):
     return onx, x, {"float_input": x.values.astype(np.float32)}
 
 
+def skl_kmeans(tmp):
+    """Behavioural clusters: sklearn KMeans, `label` and `scores` (distances)."""
+    from sklearn.cluster import KMeans
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    cols = ["sessions", "spend", "tenure"]
+    centres = np.array([[5, 20, 100], [40, 80, 400], [15, 200, 900]], dtype=np.float32)
+    x = pd.DataFrame(
+        np.concatenate([c + RNG.normal(size=(100, 3)).astype(np.float32) * 3 for c in centres]),
+        columns=cols,
+    )
+    model = KMeans(n_clusters=3, n_init=3, random_state=0).fit(x.values)
+    onx = to_onnx(
+        model,
+        initial_types=[("input", FloatTensorType([None, len(cols)]))],
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    return onx, x, {"input": x.values.astype(np.float32)}
+
+
 MODELS = {
     "skl_binary": skl_binary,
     "skl_pipeline": skl_pipeline,
     "lgbm_binary": lgbm_binary,
     "xgb_regressor": xgb_regressor,
     "next_offer": skl_multiclass,
+    "clusters_km": skl_kmeans,
 }
 
 
@@ -277,6 +299,17 @@ def test_multiclass_serves_every_class_and_the_argmax_label(imported):
     got = [v.decode() for v in result.as_numpy("label").reshape(-1)]
     assert got == list(label)
     assert {"basic", "plus", "premium"} <= set(got)
+
+
+def test_kmeans_serves_the_nearest_cluster_and_its_distance(imported):
+    case = imported["cases"]["clusters_km"]
+    label, distances = case["reference"][0], case["reference"][1]
+    result = infer(imported["addr"], "clusters_km", case["feeds"], ["score", "cluster_id"])
+    np.testing.assert_array_equal(result.as_numpy("cluster_id"), label)
+    np.testing.assert_allclose(result.as_numpy("score"), distances.min(axis=1), rtol=1e-5, atol=1e-4)
+    assert len(set(label)) == 3
+    manifest = (imported["repo"] / "clusters_km" / "1" / "model.toml").read_text()
+    assert 'task = "clustering"' in manifest and 'output = "scores"' in manifest
 
 
 def test_metadata_alone_is_enough_to_build_a_request(imported):
