@@ -7,10 +7,12 @@ resident set (VmRSS, VmHWM), the heap as jemalloc reports it on /metrics
 (allocated: what the program holds, which a leak makes grow; resident: what
 the allocator maps), how many requests were scored or refused, and how
 long the refusals took to come back: a request the queue cannot take must be
-refused at once, not after its rows were decoded and encoded.
+refused at once, not after its rows were decoded and encoded. Last, after
+IDLE seconds without traffic, the resident set once jemalloc has returned
+freed pages (its decay is 10 s).
 
     .venv/bin/python tests/load/huge_requests.py [--rounds 6] [--concurrency 8] \
-        [--rows 1000000] [--bin target/release/segscore] [-- extra serve flags]
+        [--rows 1000000] [--idle 15] [--bin target/release/segscore] [-- extra serve flags]
 """
 
 import argparse
