@@ -16,10 +16,7 @@ freed pages (its decay is 10 s).
 """
 
 import argparse
-import json
-import queue
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +30,9 @@ from tritonclient.utils import InferenceServerException
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "training"))
 import features as F  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "oip"))
+from served import serve, stop  # noqa: E402
 
 
 def rss(pid: int) -> dict:
@@ -62,24 +62,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(binary: str, extra: list, metrics_addr: str) -> tuple:
-    proc = subprocess.Popen(
-        [binary, "--log-format", "json", "serve", "--addr", "127.0.0.1:0",
-         "--metrics-addr", metrics_addr,
-         "--model-repository", str(ROOT / "models"), *extra],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stderr], daemon=True).start()
-    while True:
-        line = lines.get(timeout=120)
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("fields", {}).get("message") == "serving":
-            return proc, rec["fields"]["addr"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--rounds", type=int, default=6)
@@ -91,9 +73,11 @@ def main() -> None:
     args = ap.parse_args()
 
     metrics_addr = f"127.0.0.1:{free_port()}"
-    proc, addr = start(args.bin, args.extra, metrics_addr)
+    proc, addr = serve(
+        ["--metrics-addr", metrics_addr, "--model-repository", ROOT / "models", *args.extra],
+        binary=args.bin, timeout=120,
+    )
     try:
-        client = triton.InferenceServerClient(addr)
         # Valid rows: the golden set, repeated.
         golden = F.to_matrix(F.impute(F.read_feature_csv(ROOT / "models/churn/2/golden.csv")))
         x = np.resize(golden, (args.rows, golden.shape[1])).astype(np.float32)
@@ -128,8 +112,7 @@ def main() -> None:
         time.sleep(args.idle)
         print(f"after {args.idle} s idle: {rss(proc.pid)} heap={heap(metrics_addr)}", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
 
 
 if __name__ == "__main__":

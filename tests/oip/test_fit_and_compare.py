@@ -9,12 +9,9 @@ release binary (SEGSCORE_BIN).
 """
 
 import json
-import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,8 +27,8 @@ sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT / "training" / "tests"))
 import features as F  # noqa: E402
 from fit_data import CUTOFF, orders_csv  # noqa: E402
+from served import BIN, serve, stop  # noqa: E402
 
-BIN = Path(os.environ.get("SEGSCORE_BIN", ROOT / "target" / "release" / "segscore"))
 DEADLINE_S = 300  # a safety net on a loaded machine, not an expected duration
 
 
@@ -44,20 +41,7 @@ def data(tmp_path_factory):
 
 
 def start_server(repo: Path):
-    proc = subprocess.Popen(
-        [str(BIN), "--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--model-repository", str(repo)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    while True:
-        line = lines.get(timeout=120)
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("fields", {}).get("message") == "serving":
-            return proc, rec["fields"]["addr"]
+    return serve(["--model-repository", repo], timeout=120)
 
 
 def test_a_fitted_version_serves_without_a_restart(data):
@@ -89,8 +73,7 @@ def test_a_fitted_version_serves_without_a_restart(data):
         res = client.infer("churn", [inp], model_version="3")
         assert np.allclose(res.as_numpy("score").reshape(-1), golden["expected"].to_numpy(), atol=1e-5)
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+        assert stop(proc) == 0
 
 
 def onnx_scores(repo: Path, name: str, version: int, x: np.ndarray) -> np.ndarray:

@@ -7,11 +7,7 @@ imported into one temporary repository, served by one release binary on an
 ephemeral port, found ready through its "serving" log line.
 """
 
-import json
-import os
-import queue
 import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +16,9 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as triton
 
+from served import BIN, serve, stop  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("SEGSCORE_BIN", ROOT / "target" / "release" / "segscore"))
 RNG = np.random.default_rng(20261203)
 
 
@@ -226,30 +223,14 @@ def imported(tmp_path_factory):
         '[[segments]]\nname = "premium_offer"\n'
         'rule = \'scores.next_offer.label == "premium"\'\n'
     )
-    proc = subprocess.Popen(
-        [str(BIN), "--log-format", "json", "serve", "--addr", "127.0.0.1:0",
-         "--model-repository", str(repo), "--segments", str(rules), "--workers", "1"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stderr], daemon=True).start()
-    addr = None
     try:
-        while addr is None:
-            try:
-                line = lines.get(timeout=60)
-            except queue.Empty:
-                pytest.fail("the server did not report `serving` within 60 s")
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("fields", {}).get("message") == "serving":
-                addr = rec["fields"]["addr"]
+        proc, addr = serve(["--model-repository", repo, "--segments", rules, "--workers", "1"])
+    except TimeoutError as e:
+        pytest.fail(str(e))
+    try:
         yield {"addr": addr, "cases": cases, "repo": repo, "tmp": tmp}
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+        assert stop(proc) == 0
 
 
 def infer_input(name, array):

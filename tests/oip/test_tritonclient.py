@@ -6,12 +6,7 @@ grpcio for grpc.health.v1; scores are compared with onnxruntime in Python on
 the same rows.
 """
 
-import json
-import os
-import subprocess
 import sys
-import threading
-import queue
 from pathlib import Path
 
 import grpc
@@ -20,39 +15,23 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 
+from served import BIN, serve, stop  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "training"))
 import features as F  # noqa: E402
 
-BIN = Path(os.environ.get("SEGSCORE_BIN", ROOT / "target" / "release" / "segscore"))
 
 
 @pytest.fixture(scope="module")
 def server():
     if not BIN.exists():
         pytest.fail(f"{BIN} is missing: run `cargo build --release` first")
-    proc = subprocess.Popen(
-        [str(BIN), "--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--model-repository", str(ROOT / "models")],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stderr], daemon=True).start()
-    addr = None
+    proc, addr = serve(["--model-repository", ROOT / "models"])
     try:
-        while addr is None:
-            line = lines.get(timeout=60)
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("fields", {}).get("message") == "serving":
-                addr = rec["fields"]["addr"]
         yield addr
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+        assert stop(proc) == 0
 
 
 def golden_rows(name: str, version: int):
