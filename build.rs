@@ -29,14 +29,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(false)
-        .codec_path("crate::api::codec::RequestCodec")
+        .codec_path("crate::proto::codec::RequestCodec")
         .out_dir(&servers)
         .compile_fds(fds.clone())?;
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)
-        .extern_path(".segscore.v1", "crate::api::pb")
-        .extern_path(".inference", "crate::api::oip")
+        .extern_path(".segscore.v1", "crate::proto::pb")
+        .extern_path(".inference", "crate::proto::oip")
         .out_dir(&clients)
         .compile_fds(fds)?;
     Ok(())

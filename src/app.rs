@@ -14,15 +14,17 @@ use crate::{
         admin::AdminService,
         gate::RequestGate,
         inference::{health_task, InferenceService},
-        oip::grpc_inference_service_server::GrpcInferenceServiceServer,
-        pb::model_admin_server::ModelAdminServer,
-        pb::scoring_server::ScoringServer,
-        scoring::{Limits, ScoringService},
-        FILE_DESCRIPTOR_SET,
+        scoring::ScoringService,
     },
     config::ServeArgs,
     engine::onnx,
+    infer::Scorer,
     metrics::{self, Metrics},
+    proto::{
+        oip::grpc_inference_service_server::GrpcInferenceServiceServer,
+        pb::{model_admin_server::ModelAdminServer, scoring_server::ScoringServer},
+        FILE_DESCRIPTOR_SET,
+    },
     repository::{
         lifecycle::{watch_task, Lifecycle},
         Repository, SharedRepository,
@@ -131,10 +133,6 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let limits = Limits {
-            max_rows_per_request: self.config.max_rows_per_request,
-            stream_in_flight: self.config.stream_in_flight,
-        };
         let max = self.config.max_message_bytes;
         let registry = self.metrics.as_ref().map(|(m, _)| m.clone());
         let gate = RequestGate::new(
@@ -144,15 +142,16 @@ impl Application {
         );
         // Told when draining starts (below), so open streams end promptly.
         let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+        // The one scoring core behind every front end.
+        let scorer = Scorer::new(
+            self.repository.clone(),
+            self.segments.clone(),
+            self.config.max_rows_per_request,
+            registry.clone(),
+        );
         let scoring = ScoringServer::new(
-            ScoringService::new(
-                self.repository.clone(),
-                self.segments.clone(),
-                limits,
-                gate.clone(),
-                registry.clone(),
-            )
-            .with_shutdown(draining_rx),
+            ScoringService::new(scorer.clone(), self.config.stream_in_flight, gate.clone())
+                .with_shutdown(draining_rx),
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -193,13 +192,10 @@ impl Application {
             )));
         }
         let admin = ModelAdminServer::new(AdminService::new(lifecycle.clone()));
-        let inference = GrpcInferenceServiceServer::new(InferenceService::new(
-            lifecycle.clone(),
-            self.config.max_rows_per_request,
-            gate,
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        let inference =
+            GrpcInferenceServiceServer::new(InferenceService::new(lifecycle.clone(), scorer, gate))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

@@ -34,6 +34,18 @@ pub enum ApiError {
     SegmentFailed { name: String, reason: String },
     #[error("{0}")]
     TooLarge(String),
+    /// The server is at its concurrency limit; the caller should back off.
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// This server is going away (draining); another replica can answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request is valid but the state it needs is not there (a model
+    /// reloaded without a version that passed validation).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
     #[error("{0}")]
@@ -69,14 +81,18 @@ impl ApiError {
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         let code = match &err {
-            ApiError::Batch(BatchError::TooManyRows { .. }) | ApiError::TooLarge(_) => {
-                Code::ResourceExhausted
-            }
+            ApiError::Batch(BatchError::TooManyRows { .. })
+            | ApiError::TooLarge(_)
+            | ApiError::Overloaded(_) => Code::ResourceExhausted,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Batch(_) | ApiError::InvalidArgument(_) | ApiError::Feature { .. } => {
                 Code::InvalidArgument
             }
             ApiError::Resolve(_) | ApiError::UnknownSegment { .. } => Code::NotFound,
-            ApiError::SegmentFailed { .. } => Code::FailedPrecondition,
+            ApiError::SegmentFailed { .. } | ApiError::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
             ApiError::Internal(_) => Code::Internal,
             ApiError::Lifecycle(e) => match e {
                 LifecycleCommandError::Resolve(_)

@@ -1,14 +1,15 @@
 //! segscore: a gRPC service that scores customer models (churn, lifetime value,
 //! purchase propensity) for segmentation.
 //!
-//! The modules follow a request: [`api`] parses protobuf at the edge into
-//! [`features`] batches; the [`repository`] resolves the model version; the
-//! [`engine`] scores on worker threads that own ONNX Runtime or smartcore
-//! backends; [`segments`] evaluates CEL segment rules over the features and
-//! scores. [`app`] wires the server, [`config`] parses options, [`bulk`] is the
-//! `segscore score` file job, [`compare`] the champion/challenger report,
-//! [`train`] the smartcore trainer and [`bench`] the
-//! benchmark suite.
+//! The modules follow a request: a front end ([`api`] for gRPC, [`bulk`] for
+//! files) converts its wire format ([`proto`]) into the scoring core's
+//! request; the core ([`infer`]) resolves versions in the [`repository`],
+//! encodes [`features`] against each version's schema, runs them on the
+//! [`engine`]'s worker threads (ONNX Runtime or smartcore backends) and
+//! evaluates [`segments`] (CEL rules) over the features and scores. [`app`]
+//! wires the server, [`config`] parses options, [`compare`] is the
+//! champion/challenger report, [`train`] the smartcore trainer and [`bench`]
+//! the benchmark suite. docs/architecture.md draws the map.
 
 pub mod alloc;
 pub mod api;
@@ -21,7 +22,9 @@ pub mod echo;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod infer;
 pub mod metrics;
+pub mod proto;
 pub mod repository;
 pub mod security;
 pub mod segments;

@@ -526,7 +526,7 @@ mod tests {
     #[test]
     fn every_method_of_both_apis_has_its_contract_role() {
         use prost::Message;
-        let files = Files::decode(crate::api::FILE_DESCRIPTOR_SET).unwrap();
+        let files = Files::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
         let mut methods = 0;
         for file in &files.file {
             for service in &file.service {

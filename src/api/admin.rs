@@ -5,11 +5,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    convert::{model_info, model_infos},
-    pb,
-};
-use crate::{error::ApiError, repository::lifecycle::Lifecycle};
+use super::models::{model_info, model_infos};
+use crate::{error::ApiError, proto::pb, repository::lifecycle::Lifecycle};
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -66,7 +63,7 @@ impl pb::model_admin_server::ModelAdmin for AdminService {
         self.lifecycle
             .reconcile()
             .await
-            .map_err(|e| Status::internal(format!("rescanning the model directory: {e}")))?;
+            .map_err(|e| ApiError::Internal(format!("rescanning the model directory: {e}")))?;
         let models = model_infos(&self.lifecycle.repository().load());
         Ok(Response::new(pb::ReloadResponse { models }))
     }

@@ -15,7 +15,10 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status};
 
-use crate::metrics::{InFlight, Metrics};
+use crate::{
+    error::ApiError,
+    metrics::{InFlight, Metrics},
+};
 
 pub struct RequestGate {
     permits: Arc<Semaphore>,
@@ -54,18 +57,18 @@ impl RequestGate {
                 metrics: self.metrics.clone(),
                 method,
                 started,
-                deadline: super::scoring::grpc_deadline(metadata, self.default_deadline),
-                caller_deadline: super::scoring::grpc_deadline(metadata, None),
+                deadline: grpc_deadline(metadata, self.default_deadline),
+                caller_deadline: grpc_deadline(metadata, None),
                 default_deadline: self.default_deadline,
                 recorded: AtomicBool::new(false),
                 record_on_drop: true,
             }),
             Err(_) => {
-                let status = Status::resource_exhausted(format!(
+                let status = Status::from(ApiError::Overloaded(format!(
                     "the server is handling its limit of {} concurrent requests \
                      (--max-concurrent-requests); retry with backoff",
                     self.limit
-                ));
+                )));
                 if let Some(m) = &self.metrics {
                     m.request(method, status.code(), started.elapsed(), []);
                 }
@@ -140,9 +143,10 @@ impl Admitted {
         let margin = Duration::from_millis(1).min(deadline.saturating_duration_since(now) / 2);
         match tokio::time::timeout_at(deadline - margin, work).await {
             Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded(
-                "the request's deadline passed before it was scored; its work was abandoned",
-            )),
+            Err(_) => Err(ApiError::DeadlineExceeded(
+                "the request's deadline passed before it was scored; its work was abandoned".into(),
+            )
+            .into()),
         }
     }
 
@@ -164,4 +168,29 @@ impl Admitted {
             m.request(self.method, code, started.elapsed(), models);
         }
     }
+}
+
+/// The caller's deadline from the `grpc-timeout` header. tonic enforces it by
+/// dropping the handler (which cancels queued work), but does not expose it;
+/// the batcher needs the instant to drop expired chunks before they run.
+pub fn grpc_deadline(
+    metadata: &tonic::metadata::MetadataMap,
+    default: Option<Duration>,
+) -> Option<tokio::time::Instant> {
+    let from_header = || -> Option<tokio::time::Instant> {
+        let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+        let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+        let amount: u64 = digits.parse().ok()?;
+        let timeout = match unit {
+            "H" => Duration::from_secs(amount.saturating_mul(3600)),
+            "M" => Duration::from_secs(amount.saturating_mul(60)),
+            "S" => Duration::from_secs(amount),
+            "m" => Duration::from_millis(amount),
+            "u" => Duration::from_micros(amount),
+            "n" => Duration::from_nanos(amount),
+            _ => return None,
+        };
+        Some(tokio::time::Instant::now() + timeout)
+    };
+    from_header().or_else(|| default.map(|d| tokio::time::Instant::now() + d))
 }

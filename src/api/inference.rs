@@ -19,15 +19,17 @@ use tonic::{Request, Response, Status};
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::info;
 
-use super::{gate::RequestGate, oip};
+use super::gate::RequestGate;
 use crate::{
     echo::echo,
     error::ApiError,
     features::{Column, ColumnValues, DType, FeatureBatch, FeatureSchema, FeatureSpec},
+    infer::{self, Scorer},
+    proto::oip,
     repository::{
         lifecycle::Lifecycle,
         manifest::{GraphDtype, GraphInput},
-        Format, LoadedModel, SharedRepository, Task,
+        Format, LoadedModel, ResolveError, SharedRepository, Task,
     },
 };
 
@@ -70,20 +72,17 @@ const INPUT: &str = "features";
 
 #[derive(Clone)]
 pub struct InferenceService {
+    /// Model load and unload (RepositoryModelLoad/Unload).
     lifecycle: Arc<Lifecycle>,
-    max_rows_per_request: usize,
+    scorer: Scorer,
     gate: Arc<RequestGate>,
 }
 
 impl InferenceService {
-    pub fn new(
-        lifecycle: Arc<Lifecycle>,
-        max_rows_per_request: usize,
-        gate: Arc<RequestGate>,
-    ) -> Self {
+    pub fn new(lifecycle: Arc<Lifecycle>, scorer: Scorer, gate: Arc<RequestGate>) -> Self {
         Self {
             lifecycle,
-            max_rows_per_request,
+            scorer,
             gate,
         }
     }
@@ -121,34 +120,29 @@ impl InferenceService {
         let wanted =
             |name: &str| req.outputs.is_empty() || req.outputs.iter().any(|o| o.name == name);
         let raw = !req.raw_input_contents.is_empty();
-        // Admission before conversion: a request the queue cannot take is
-        // refused before its tensors are decoded and encoded. A shape that is
-        // not plausible admits nothing here and gets its precise error below.
-        let claimed_rows = req
-            .inputs
-            .first()
-            .and_then(|input| input.shape.first())
-            .and_then(|&rows| usize::try_from(rows).ok())
-            .filter(|&rows| rows <= self.max_rows_per_request)
-            .unwrap_or(0);
-        let admitted = model
-            .admit(claimed_rows)
-            .map_err(|e| ApiError::score(&model, e))?;
-        let batch = tensors_to_batch(
-            &model.schema,
-            &model.manifest.inputs,
-            &req.inputs,
-            &req.raw_input_contents,
-            self.max_rows_per_request,
-        )?;
-        let rows = batch.rows();
-        let chunks = model
-            .encode(&batch)
-            .map_err(|e| ApiError::feature(&model, e))?;
-        let scored = model
-            .run_admitted(admitted, chunks, deadline)
-            .await
-            .map_err(|e| ApiError::score(&model, e))?;
+        let request = infer::Request {
+            // Pinned to the version resolved above, whose outputs were checked.
+            models: vec![infer::ModelRef {
+                name: model.name().into(),
+                version: model.version(),
+                label: String::new(),
+            }],
+            features: Tensors {
+                inputs: &req.inputs,
+                raw: &req.raw_input_contents,
+                max_rows: self.scorer.max_rows(),
+            },
+            segments: Vec::new(),
+            entity_ids: Vec::new(),
+        };
+        let scored = self.scorer.score(request, deadline).await?;
+        let rows = scored.rows;
+        let scored = scored
+            .models
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal("the core answered without the model".into()))?
+            .output;
         let mut outputs = Vec::new();
         let mut raw_output_contents = Vec::new();
         if wanted(OUTPUT) {
@@ -415,6 +409,38 @@ fn raw_strings(name: &str, mut raw: &[u8]) -> Result<Vec<String>, ApiError> {
         raw = &rest[len..];
     }
     Ok(out)
+}
+
+/// A ModelInfer request's input tensors, converted once the core has
+/// admitted them.
+struct Tensors<'a> {
+    inputs: &'a [oip::model_infer_request::InferInputTensor],
+    raw: &'a [Vec<u8>],
+    max_rows: usize,
+}
+
+impl infer::Features for Tensors<'_> {
+    /// The first input's shape[0]. A shape that is not plausible admits
+    /// nothing and gets its precise error from the conversion.
+    fn declared_rows(&self) -> Result<usize, ApiError> {
+        Ok(self
+            .inputs
+            .first()
+            .and_then(|input| input.shape.first())
+            .and_then(|&rows| usize::try_from(rows).ok())
+            .filter(|&rows| rows <= self.max_rows)
+            .unwrap_or(0))
+    }
+
+    fn into_batch(self, model: &LoadedModel) -> Result<FeatureBatch, ApiError> {
+        tensors_to_batch(
+            &model.schema,
+            &model.manifest.inputs,
+            self.inputs,
+            self.raw,
+            self.max_rows,
+        )
+    }
 }
 
 /// Turns the request's tensors into a batch of named columns.
@@ -775,10 +801,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         let version = parse_version(&req.version)?;
         let repository = self.repository().load();
         if !repository.models().contains_key(&req.name) {
-            return Err(Status::not_found(format!(
-                "model `{}` not found",
-                echo(&req.name)
-            )));
+            return Err(ApiError::Resolve(ResolveError::UnknownModel(req.name)).into());
         }
         let ready = repository.resolve(&req.name, version, "").is_ok();
         Ok(Response::new(oip::ModelReadyResponse { ready }))
@@ -903,10 +926,11 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         info!(model = %echo(&name), ?serving, "model reloaded from the repository");
         match serving {
             Some(_) => Ok(Response::new(oip::RepositoryModelLoadResponse {})),
-            None => Err(Status::failed_precondition(format!(
+            None => Err(ApiError::FailedPrecondition(format!(
                 "model `{}` was reloaded but no version passed validation (see ListModels)",
                 echo(&name)
-            ))),
+            ))
+            .into()),
         }
     }
 

@@ -30,15 +30,15 @@ use tonic::transport::Channel;
 mod bulk;
 
 use crate::{
-    api::{
-        oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
-        pb::{self, scoring_client::ScoringClient},
-    },
     engine::{
         onnx::{self, OnnxBackend, OnnxSignature},
         Backend,
     },
     features::FeatureSchema,
+    proto::{
+        oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
+        pb::{self, scoring_client::ScoringClient},
+    },
     repository::{load::read_csv_batch, scan, Format, Manifest, MANIFEST_FILE},
 };
 
@@ -728,26 +728,11 @@ async fn segment_eval_cost(
     let batch = crate::features::FeatureBatch::try_from(
         request.features.context("the bench request has features")?,
     )?;
+    // The server's answer, read as rules read it.
     let scores = response
         .models
         .iter()
-        .map(|m| {
-            let task = match pb::Task::try_from(m.task) {
-                Ok(pb::Task::Regression) => crate::repository::Task::Regression,
-                Ok(pb::Task::Clustering) => crate::repository::Task::Clustering,
-                _ => crate::repository::Task::BinaryClassification,
-            };
-            let view = ModelScoresView {
-                task,
-                scores: &m.scores,
-                cluster_ids: &m.cluster_ids,
-                labels: &m.labels,
-                version: m.version,
-                canary_version: m.canary_version,
-                canary_rows: &m.canary_rows,
-            };
-            (m.name.as_str(), view)
-        })
+        .map(|m| (m.name.as_str(), ModelScoresView::from(m)))
         .collect();
     let input = RuleInput {
         batch: &batch,

@@ -48,11 +48,12 @@ use self::{
     write::{Fingerprint, ModelId, OutputColumn, OutputKind, PartWriter, Progress, Scored},
 };
 use crate::{
-    api::pb::{self, scoring_client::ScoringClient},
     config::ScoreArgs,
     features::{DType, FeatureBatch, FeatureSchema, FeatureSpec},
-    repository::{LoadedModel, ModelOutput, Repository, Task},
-    segments::{Membership, ModelScoresView, RuleInput, Segments},
+    infer,
+    proto::pb::{self, scoring_client::ScoringClient},
+    repository::{ModelOutput, Repository, Task},
+    segments::{Membership, Segments},
 };
 
 /// What a finished job reports.
@@ -94,8 +95,9 @@ fn parse_model(spec: &str) -> anyhow::Result<(String, u64)> {
 
 /// Where chunks are scored.
 enum Scorer {
-    /// The models, and the compiled segments evaluated after them.
-    Embedded(Vec<Arc<LoadedModel>>, Arc<Segments>),
+    /// In this process, through the scoring core: the models at the versions
+    /// chosen for the job, in output order.
+    Embedded(infer::Scorer, Vec<infer::ModelRef>),
     Remote(Vec<Remote>),
 }
 
@@ -525,7 +527,7 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
 
     let scoring = async {
         match scorer {
-            Scorer::Embedded(models, segments) => {
+            Scorer::Embedded(scorer, models) => {
                 let window = window.clone();
                 let scored = futures::stream::poll_fn(|cx| prep_rx.poll_recv(cx))
                     .then(|p| {
@@ -539,29 +541,26 @@ async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
                             p
                         }
                     })
-                    .map(|p| {
-                        let models = models.clone();
-                        let segments = segments.clone();
+                    .map(|mut p| {
+                        let (scorer, models) = (&scorer, &models);
                         let names = &segment_names;
                         async move {
-                            let (scores, memberships) = match &p.batch {
-                                None => (
+                            let Some(batch) = p.batch.take() else {
+                                return anyhow::Ok(p.scored(
                                     vec![ModelOutput::default(); models.len()],
                                     vec![Membership::default(); names.len()],
-                                ),
-                                Some(batch) => {
-                                    let runs = models.iter().map(|m| async move {
-                                        m.score(batch).await.with_context(|| {
-                                            format!("model `{}` version {}", m.name(), m.version())
-                                        })
-                                    });
-                                    let scores = futures::future::try_join_all(runs).await?;
-                                    let memberships = evaluate_embedded(
-                                        &segments, names, batch, &models, &scores,
-                                    );
-                                    (scores, memberships)
-                                }
+                                ));
                             };
+                            let request = infer::Request {
+                                models: models.clone(),
+                                segments: names.clone(),
+                                entity_ids: Vec::new(),
+                                features: batch,
+                            };
+                            let scored = scorer.score(request, None).await?;
+                            let scores = scored.models.into_iter().map(|m| m.output).collect();
+                            let memberships =
+                                scored.segments.into_iter().map(|s| s.membership).collect();
                             anyhow::Ok(p.scored(scores, memberships))
                         }
                     })
@@ -826,21 +825,11 @@ async fn embedded(
     } else {
         crate::segments::reload::load(&args.segments_file, &repository)?
     };
-    let mut needed = Vec::new();
-    for name in segment_names {
-        let segment = segments.get(name).with_context(|| {
-            format!(
-                "segment `{name}` is not in {} (it has: {})",
-                args.segments_file.display(),
-                segments.names().join(", ")
-            )
-        })?;
-        let rule = segment
-            .state
-            .as_ref()
-            .map_err(|why| anyhow::anyhow!("segment `{name}` was refused: {why}"))?;
-        needed.extend(rule.models().iter().cloned());
-    }
+    let needed: Vec<String> = infer::segments::rules(&segments, segment_names)
+        .with_context(|| format!("the segments file {}", args.segments_file.display()))?
+        .into_iter()
+        .flat_map(|rule| rule.models().iter().cloned())
+        .collect();
     // No --models: every model in the repository, not only those that
     // load (a model that fails must fail the job, not lose its column).
     let choice = if choice.is_empty() {
@@ -867,7 +856,7 @@ async fn embedded(
             Ok((name, version, candidates))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut loaded = Vec::new();
+    let mut refs = Vec::new();
     let mut selected = Vec::new();
     for chosen in select::choose(&requests, args.allow_fallback)? {
         let model = repository.resolve(&chosen.name, chosen.version, "")?;
@@ -881,9 +870,21 @@ async fn embedded(
             clustering: model.manifest.task == Task::Clustering,
             fallback: chosen.fallback,
         });
-        loaded.push(model);
+        refs.push(infer::ModelRef {
+            name: model.name().to_string(),
+            version: model.version(),
+            label: String::new(),
+        });
     }
-    Ok((Scorer::Embedded(loaded, Arc::new(segments)), selected))
+    // A job's own core: its repository and rules are read once, and its
+    // chunk size (--batch-rows) is the only row limit.
+    let scorer = infer::Scorer::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(repository)),
+        Arc::new(arc_swap::ArcSwap::from_pointee(segments)),
+        usize::MAX,
+        None,
+    );
+    Ok((Scorer::Embedded(scorer, refs), selected))
 }
 
 /// `choice` plus, at their default versions, the models segment rules read
@@ -895,51 +896,6 @@ fn with_models(mut choice: Vec<(String, u64)>, needed: &[String]) -> Vec<(String
         }
     }
     choice
-}
-
-/// Membership of each of `names` over one scored chunk (embedded mode), as
-/// the server computes it.
-fn evaluate_embedded(
-    segments: &Segments,
-    names: &[String],
-    batch: &FeatureBatch,
-    models: &[Arc<LoadedModel>],
-    scores: &[ModelOutput],
-) -> Vec<Membership> {
-    if names.is_empty() {
-        return Vec::new();
-    }
-    let views = models
-        .iter()
-        .zip(scores)
-        .map(|(m, s)| {
-            (
-                m.name(),
-                ModelScoresView {
-                    task: m.manifest.task,
-                    scores: &s.scores,
-                    cluster_ids: &s.cluster_ids,
-                    labels: &s.labels,
-                    version: m.version(),
-                    canary_version: 0,
-                    canary_rows: &[],
-                },
-            )
-        })
-        .collect();
-    let input = RuleInput {
-        batch,
-        scores: views,
-    };
-    let mut evaluation = segments.evaluator(&input);
-    names
-        .iter()
-        .map(|name| match segments.get(name).map(|s| &s.state) {
-            Some(Ok(rule)) => evaluation.evaluate(rule),
-            // Checked at start-up: every name is a ready segment.
-            _ => Membership::default(),
-        })
-        .collect()
 }
 
 async fn remote(

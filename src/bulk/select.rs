@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    api::pb,
+    proto::pb,
     repository::{ModelEntry, VersionStatus, DEFAULT_LABEL},
 };
 

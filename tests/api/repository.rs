@@ -168,7 +168,7 @@ async fn broken_versions_are_refused_and_the_good_ones_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_reports_its_phases_and_list_models_shows_versions_in_it() {
     use segscore::{
-        api::convert::model_info,
+        api::models::model_info,
         config::ServeArgs,
         repository::{load, Phase, Repository},
     };

@@ -95,7 +95,7 @@ fn undecodable(message: &str, error: &prost::DecodeError) -> Status {
     ))
 }
 
-/// `ScoreRequest` for `segscore::api::pb::ScoreRequest`.
+/// `ScoreRequest` for `segscore::proto::pb::ScoreRequest`.
 fn short_type_name<U>() -> &'static str {
     let full = std::any::type_name::<U>();
     full.rsplit("::").next().unwrap_or(full)
@@ -104,7 +104,7 @@ fn short_type_name<U>() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::pb;
+    use crate::proto::pb;
 
     fn decode(bytes: &[u8]) -> Result<pb::ScoreRequest, Status> {
         decode_request(bytes)

@@ -2,8 +2,6 @@
 //! an invalid shape (after zero-to-production's `TryFrom` pattern), and domain
 //! state becomes protobuf for responses.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::pb;
 use crate::{
     echo::echo,
@@ -11,7 +9,9 @@ use crate::{
     features::{
         Column, ColumnValues, DType, FeatureBatch, FeatureSpec, ImputeValue, MissingPolicy,
     },
-    repository::{ModelEntry, Phase, Repository, Task, VersionStatus},
+    infer::{self, Features},
+    repository::{LoadedModel, Task},
+    segments::ModelScoresView,
 };
 
 impl pb::FeatureColumn {
@@ -73,6 +73,142 @@ impl TryFrom<pb::FeatureMatrix> for FeatureBatch {
             .map(<(String, Column)>::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FeatureBatch::new(matrix.rows as usize, columns)?)
+    }
+}
+
+/// A segscore.v1 request's features, converted once the core has admitted
+/// them.
+impl Features for Option<pb::FeatureMatrix> {
+    fn declared_rows(&self) -> Result<usize, ApiError> {
+        let matrix = self
+            .as_ref()
+            .ok_or_else(|| ApiError::InvalidArgument("the request has no `features`".into()))?;
+        Ok(matrix
+            .columns
+            .first()
+            .map_or(matrix.rows as usize, |c| c.len().max(matrix.rows as usize)))
+    }
+
+    fn into_batch(self, _first: &LoadedModel) -> Result<FeatureBatch, ApiError> {
+        let matrix =
+            self.ok_or_else(|| ApiError::InvalidArgument("the request has no `features`".into()))?;
+        FeatureBatch::try_from(matrix)
+    }
+}
+
+impl From<pb::ModelRef> for infer::ModelRef {
+    fn from(m: pb::ModelRef) -> Self {
+        Self {
+            name: m.name,
+            version: m.version,
+            label: m.label,
+        }
+    }
+}
+
+impl From<&infer::ModelRef> for pb::ModelRef {
+    fn from(m: &infer::ModelRef) -> Self {
+        Self {
+            name: m.name.clone(),
+            version: m.version,
+            label: m.label.clone(),
+        }
+    }
+}
+
+impl From<pb::ScoreRequest> for infer::Request<Option<pb::FeatureMatrix>> {
+    fn from(req: pb::ScoreRequest) -> Self {
+        Self {
+            models: req.models.into_iter().map(Into::into).collect(),
+            segments: req.segments,
+            entity_ids: req.entity_ids,
+            features: req.features,
+        }
+    }
+}
+
+impl From<infer::ModelScores> for pb::ModelScores {
+    fn from(m: infer::ModelScores) -> Self {
+        let model = &m.model;
+        let mut out = pb::ModelScores {
+            name: model.name().into(),
+            version: model.version(),
+            sha256: model.manifest.sha256.clone(),
+            task: pb::Task::from(model.manifest.task).into(),
+            scores: m.output.scores,
+            cluster_ids: m.output.cluster_ids,
+            ..Default::default()
+        };
+        // A classifier with declared classes also answers with every class's
+        // probability and the predicted label; other models leave these
+        // empty, so their responses are unchanged.
+        if !m.output.labels.is_empty() {
+            out.classes = model.manifest.classes.clone();
+            out.probabilities = m.output.probabilities;
+            out.labels = m.output.labels;
+        }
+        if let Some(canary) = m.canary {
+            out.canary_version = canary.model.version();
+            out.canary_sha256 = canary.model.manifest.sha256.clone();
+            out.canary_rows = canary.rows;
+        }
+        out
+    }
+}
+
+impl From<infer::SegmentMembership> for pb::SegmentMembership {
+    fn from(s: infer::SegmentMembership) -> Self {
+        Self {
+            name: s.name,
+            member_rows: s.membership.member_rows,
+            errors: s
+                .membership
+                .errors
+                .into_iter()
+                .map(|(row, reason)| pb::RowError { row, reason })
+                .collect(),
+        }
+    }
+}
+
+impl pb::ScoreResponse {
+    /// The answer to the request numbered `sequence`.
+    pub fn scored(sequence: u64, scored: infer::Scored) -> Self {
+        Self {
+            sequence,
+            rows: scored.rows as u32,
+            entity_ids: scored.entity_ids,
+            models: scored.models.into_iter().map(Into::into).collect(),
+            segments: scored.segments.into_iter().map(Into::into).collect(),
+            error: None,
+        }
+    }
+}
+
+impl From<pb::Task> for Task {
+    /// Unknown values read as binary classification, the default task.
+    fn from(task: pb::Task) -> Self {
+        match task {
+            pb::Task::Regression => Task::Regression,
+            pb::Task::Clustering => Task::Clustering,
+            pb::Task::MulticlassClassification => Task::MulticlassClassification,
+            _ => Task::BinaryClassification,
+        }
+    }
+}
+
+impl<'a> From<&'a pb::ModelScores> for ModelScoresView<'a> {
+    /// How rules read a model's scores in a server's answer.
+    fn from(m: &'a pb::ModelScores) -> Self {
+        ModelScoresView {
+            task: pb::Task::try_from(m.task).map_or(Task::BinaryClassification, Task::from),
+            scores: &m.scores,
+            cluster_ids: &m.cluster_ids,
+            labels: &m.labels,
+            version: m.version,
+            canary_version: m.canary_version,
+            canary_rows: &m.canary_rows,
+        }
     }
 }
 
@@ -182,141 +318,6 @@ impl TryFrom<&pb::FeatureSpec> for FeatureSpec {
             missing,
         })
     }
-}
-
-/// Every model ListModels reports: the repository's, plus names that only
-/// have versions in the gate or draining.
-pub fn model_infos(repository: &Repository) -> Vec<pb::ModelInfo> {
-    let transient = Transient::of(repository);
-    let mut names: BTreeSet<&str> = repository.models().keys().map(String::as_str).collect();
-    names.extend(transient.gate.iter().map(|(n, _, _)| n.as_str()));
-    names.extend(transient.draining.iter().map(|(n, _)| n.as_str()));
-    names
-        .into_iter()
-        .filter_map(|n| info_of(repository, n, &transient))
-        .collect()
-}
-
-/// The tracker's view, read once per ListModels.
-struct Transient {
-    gate: Vec<(String, u64, Phase)>,
-    draining: Vec<(String, u64)>,
-}
-
-impl Transient {
-    fn of(repository: &Repository) -> Self {
-        Self {
-            gate: repository.tracker().in_gate(),
-            draining: repository.tracker().draining(),
-        }
-    }
-}
-
-/// One model's versions as ListModels/GetModel report them: the snapshot's
-/// versions, those still in the validation gate (LOADING, VALIDATING) and
-/// those that left it but finish in-flight requests (DRAINING).
-pub fn model_info(repository: &Repository, name: &str) -> Option<pb::ModelInfo> {
-    info_of(repository, name, &Transient::of(repository))
-}
-
-fn info_of(repository: &Repository, name: &str, transient: &Transient) -> Option<pb::ModelInfo> {
-    let empty = ModelEntry::default();
-    let entry = repository.models().get(name);
-    let gate: Vec<(u64, pb::VersionState)> = transient
-        .gate
-        .iter()
-        .filter(|(n, _, _)| n == name)
-        .map(|(_, v, phase)| {
-            let state = match phase {
-                Phase::Loading => pb::VersionState::Loading,
-                Phase::Validating => pb::VersionState::Validating,
-            };
-            (*v, state)
-        })
-        .collect();
-    let draining: Vec<u64> = transient
-        .draining
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| *v)
-        .collect();
-    if entry.is_none() && gate.is_empty() && draining.is_empty() {
-        return None;
-    }
-    let entry = entry.unwrap_or(&empty);
-    let mut versions: BTreeMap<u64, pb::ModelVersionInfo> = entry
-        .versions
-        .iter()
-        .map(|(&version, status)| {
-            let (state, reason, manifest) = match status {
-                VersionStatus::Serving(m) => {
-                    (pb::VersionState::Serving, String::new(), Some(&m.manifest))
-                }
-                VersionStatus::Retired { manifest } => (
-                    pb::VersionState::Retired,
-                    String::new(),
-                    Some(manifest.as_ref()),
-                ),
-                VersionStatus::Failed { reason, manifest } => (
-                    pb::VersionState::Failed,
-                    reason.clone(),
-                    manifest.as_deref(),
-                ),
-            };
-            let mut info = pb::ModelVersionInfo {
-                version,
-                state: state.into(),
-                reason,
-                labels: entry.labels_of(version),
-                ..Default::default()
-            };
-            if let Some(m) = manifest {
-                info.format = m.format.as_str().into();
-                info.task = pb::Task::from(m.task).into();
-                info.sha256 = m.sha256.clone();
-                info.features = m.features.iter().map(Into::into).collect();
-                info.card_json = serde_json::to_string(&m.card).unwrap_or_default();
-            }
-            (version, info)
-        })
-        .collect();
-    // A version being (re)loaded or draining is reported as such unless the
-    // snapshot serves it (a reload of a serving version keeps serving until
-    // the new copy passes; a replaced copy drains behind the serving one).
-    let transient = gate.into_iter().chain(
-        draining
-            .into_iter()
-            .map(|v| (v, pb::VersionState::Draining)),
-    );
-    for (version, state) in transient {
-        let serving = matches!(
-            entry.versions.get(&version),
-            Some(VersionStatus::Serving(_))
-        );
-        if !serving {
-            let info = versions
-                .entry(version)
-                .or_insert_with(|| pb::ModelVersionInfo {
-                    version,
-                    ..Default::default()
-                });
-            info.state = state.into();
-        }
-    }
-    Some(pb::ModelInfo {
-        name: name.into(),
-        default_version: entry.default_version().map_or(0, |m| m.version()),
-        versions: versions.into_values().collect(),
-        labels: entry.routing.labels.clone().into_iter().collect(),
-        loads_succeeded: entry.loads_succeeded,
-        loads_failed: entry.loads_failed,
-        canary_percent: entry.routing.canary().map_or(0.0, |(_, p)| p),
-        label_warnings: entry
-            .dangling_labels()
-            .into_iter()
-            .map(|(_, warning)| warning)
-            .collect(),
-    })
 }
 
 #[cfg(test)]
