@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bulk;
+pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod echo;

@@ -5,21 +5,24 @@ use std::{path::Path, process::ExitCode};
 
 use segscore::{
     app::{shutdown_signal, Application},
-    bench, bulk, compare,
-    config::{self, Command, LogFormat, ModelsCommand, SegmentsCommand},
+    bench, bulk,
+    cli::{self, Command, ModelsCommand, SegmentsCommand},
+    compare,
     repository::{self, load, Manifest},
-    segments, telemetry, train,
+    segments, telemetry,
+    telemetry::LogFormat,
+    train,
 };
 
 fn main() -> ExitCode {
-    let cli = match config::parse() {
+    let cli = match cli::parse() {
         Ok(parsed) => {
             for warning in &parsed.warnings {
                 eprintln!("warning: {warning}");
             }
             parsed.cli
         }
-        Err(config::ParseError::Usage(e)) => e.exit(),
+        Err(cli::ParseError::Usage(e)) => e.exit(),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -126,7 +129,7 @@ fn main() -> ExitCode {
 
 /// `models import`: prints the manifest with --dry-run, else where the new
 /// version went.
-fn import_model(args: config::ImportArgs) -> anyhow::Result<()> {
+fn import_model(args: cli::ImportArgs) -> anyhow::Result<()> {
     let request = repository::import::ImportRequest {
         onnx: args.onnx,
         sample: args.sample,

@@ -11,8 +11,6 @@ use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerPro
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::config::LogFormat;
-
 /// Keeps the exporter alive; [`Telemetry::shutdown`] flushes pending spans.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -26,6 +24,14 @@ impl Telemetry {
             }
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Pretty,
+    Json,
 }
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info`.
