@@ -129,84 +129,21 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting connections and
     /// lets in-flight requests finish (up to the configured timeout).
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let max = self.config.max_message_bytes;
         let registry = self.metrics.as_ref().map(|(m, _)| m.clone());
-        let gate = RequestGate::new(
-            self.config.max_concurrent_requests,
-            registry.clone(),
-            self.config.default_deadline(),
-        );
-        // Told when draining starts (below), so open streams end promptly.
-        let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
-        // The one scoring core behind every front end.
-        let scorer = Scorer::new(
-            self.repository.clone(),
-            self.segments.clone(),
-            self.config.max_rows_per_request,
-            registry.clone(),
-        );
-        let scoring = ScoringServer::new(
-            ScoringService::new(scorer.clone(), self.config.stream_in_flight, gate.clone())
-                .with_shutdown(draining_rx),
-        )
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
         // grpc.health.v1: one entry per model name plus "" for the server;
         // NOT_SERVING for a model until one of its versions passed validation.
         let (health, health_service) = tonic_health::server::health_reporter();
         let lifecycle = Lifecycle::new(self.repository.clone(), registry.clone());
-        // Background tasks stop with the server (aborted below), so a stopped
-        // server frees its models and worker threads.
-        let mut background = vec![tokio::spawn(health_task(lifecycle.clone(), health.clone()))];
-        if let Some((registry, listener)) = self.metrics {
-            info!(addr = %listener.local_addr()?, "metrics on /metrics");
-            background.push(tokio::spawn(async move {
-                if let Err(e) = metrics::serve(listener, registry).await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            }));
-        }
-        if let Some(interval) = self.config.watch_interval() {
-            background.push(tokio::spawn(watch_task(
-                lifecycle.clone(),
-                self.config.model_repository.clone(),
-                interval,
-            )));
-        }
-        if let Some(path) = &self.config.segments {
-            // Rules follow their file, and the models: a rule naming a model
-            // that stops serving becomes an error for its segment.
-            background.push(tokio::spawn(segments::reload::watch_task(
-                self.segments.clone(),
-                path.clone(),
-                self.repository.clone(),
-                lifecycle.subscribe(),
-                self.config
-                    .watch_interval()
-                    .unwrap_or(std::time::Duration::from_secs(3600)),
-                registry.clone(),
-            )));
-        }
-        let admin = ModelAdminServer::new(AdminService::new(lifecycle.clone()));
-        let inference =
-            GrpcInferenceServiceServer::new(InferenceService::new(lifecycle.clone(), scorer, gate))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max);
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .context("building gRPC reflection")?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .context("building gRPC reflection")?;
+        // Told when draining starts (below), so open streams end promptly.
+        let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+        let services = self.services(&lifecycle, registry.clone(), draining_rx)?;
+        let metrics = self.metrics.take();
+        let background = self.spawn_background(&lifecycle, &health, metrics)?;
+        let (reflection_v1, reflection_v1alpha) = reflection()?;
         info!(
             %addr,
             models = ?self.repository.load().serving_names(),
@@ -227,25 +164,16 @@ impl Application {
             let _ = draining_tx.send(true);
             let _ = stopping_tx.send(());
         };
-        let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(self.config.max_concurrent_streams)
-            .http2_keepalive_interval(self.config.http2_keepalive())
-            .http2_keepalive_timeout(self.config.http2_keepalive_timeout());
-        if let Some(age) = self.config.max_connection_age() {
-            builder = builder.max_connection_age(age);
-        }
-        if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls).context("configuring TLS")?;
-        }
         // Each token's role is checked against the method it calls (admin
         // methods live in ModelAdmin and inside OIP); health and reflection
         // take any valid token, and only with --auth-health.
-        let auth = self.auth;
+        let auth = self.auth.clone();
         let open = auth.enforced_if(self.config.auth_health);
-        let server = builder
-            .add_service(Authorized::new(scoring, auth.clone()))
-            .add_service(Authorized::new(inference, auth.clone()))
-            .add_service(Authorized::new(admin, auth))
+        let server = self
+            .server_builder()?
+            .add_service(Authorized::new(services.scoring, auth.clone()))
+            .add_service(Authorized::new(services.inference, auth.clone()))
+            .add_service(Authorized::new(services.admin, auth))
             .add_service(Authorized::new(health_service, open.clone()))
             .add_service(Authorized::new(reflection_v1, open.clone()))
             .add_service(Authorized::new(reflection_v1alpha, open))
@@ -273,6 +201,130 @@ impl Application {
         info!("stopped");
         Ok(())
     }
+
+    /// The gRPC services, every scoring front end on one scoring core.
+    fn services(
+        &self,
+        lifecycle: &Arc<Lifecycle>,
+        registry: Option<Arc<Metrics>>,
+        draining: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<Services> {
+        let max = self.config.max_message_bytes;
+        let gate = RequestGate::new(
+            self.config.max_concurrent_requests,
+            registry.clone(),
+            self.config.default_deadline(),
+        );
+        let scorer = Scorer::new(
+            self.repository.clone(),
+            self.segments.clone(),
+            self.config.max_rows_per_request,
+            registry,
+        );
+        let scoring = ScoringServer::new(
+            ScoringService::new(scorer.clone(), self.config.stream_in_flight, gate.clone())
+                .with_shutdown(draining),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        let inference =
+            GrpcInferenceServiceServer::new(InferenceService::new(lifecycle.clone(), scorer, gate))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+        Ok(Services {
+            scoring,
+            inference,
+            admin: ModelAdminServer::new(AdminService::new(lifecycle.clone())),
+        })
+    }
+
+    /// Health, metrics, the repository watcher and the rules watcher. They
+    /// stop with the server (aborted by the caller), so a stopped server
+    /// frees its models and worker threads.
+    fn spawn_background(
+        &self,
+        lifecycle: &Arc<Lifecycle>,
+        health: &tonic_health::server::HealthReporter,
+        metrics: Option<(Arc<Metrics>, TcpListener)>,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let registry = metrics.as_ref().map(|(m, _)| m.clone());
+        let mut background = vec![tokio::spawn(health_task(lifecycle.clone(), health.clone()))];
+        if let Some((registry, listener)) = metrics {
+            info!(addr = %listener.local_addr()?, "metrics on /metrics");
+            background.push(tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, registry).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }));
+        }
+        if let Some(interval) = self.config.watch_interval() {
+            background.push(tokio::spawn(watch_task(
+                lifecycle.clone(),
+                self.config.model_repository.clone(),
+                interval,
+            )));
+        }
+        if let Some(path) = &self.config.segments {
+            // Rules follow their file, and the models: a rule naming a model
+            // that stops serving becomes an error for its segment.
+            background.push(tokio::spawn(segments::reload::watch_task(
+                self.segments.clone(),
+                path.clone(),
+                self.repository.clone(),
+                lifecycle.subscribe(),
+                self.config
+                    .watch_interval()
+                    .unwrap_or(std::time::Duration::from_secs(3600)),
+                registry,
+            )));
+        }
+        Ok(background)
+    }
+
+    /// The transport: stream and keepalive limits, connection age, TLS.
+    fn server_builder(&self) -> anyhow::Result<tonic::transport::Server> {
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(self.config.max_concurrent_streams)
+            .http2_keepalive_interval(self.config.http2_keepalive())
+            .http2_keepalive_timeout(self.config.http2_keepalive_timeout());
+        if let Some(age) = self.config.max_connection_age() {
+            builder = builder.max_connection_age(age);
+        }
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        Ok(builder)
+    }
+}
+
+/// The gRPC services one server runs, besides health and reflection.
+struct Services {
+    scoring: ScoringServer<ScoringService>,
+    inference: GrpcInferenceServiceServer<InferenceService>,
+    admin: ModelAdminServer<AdminService>,
+}
+
+/// gRPC reflection, both versions clients use, over both APIs and health.
+#[allow(clippy::type_complexity)]
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        builder().build_v1().context("building gRPC reflection")?,
+        builder()
+            .build_v1alpha()
+            .context("building gRPC reflection")?,
+    ))
 }
 
 /// Resolves on SIGINT or SIGTERM.
