@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use ndarray::Array2;
 use serde::Serialize;
 
-use super::{cpu_model, BenchArgs, Server};
+use super::{report::cpu_model, server::Server, BenchArgs};
 use crate::{
     bulk::read::{self, Wanted},
     engine::{
