@@ -139,6 +139,8 @@ fn in_process_table(md: &mut String, results: &[CaseResult]) -> std::fmt::Result
 }
 
 /// (b) and (c): one row per service case, Score and OIP, batching on and off.
+/// The header names every cell a row writes (the protocol column was once
+/// missing from it, issue 23), which the tests below check.
 fn service_table(md: &mut String, results: &[CaseResult]) -> std::fmt::Result {
     writeln!(
         md,
@@ -146,11 +148,11 @@ fn service_table(md: &mut String, results: &[CaseResult]) -> std::fmt::Result {
     )?;
     writeln!(
         md,
-        "| model | batching | rows/req | concurrency | req/s | rows/s | × in-process | p50 ms | p90 ms | p99 ms | max ms | errors | server RSS MiB |"
+        "| model | protocol | batching | rows/req | concurrency | req/s | rows/s | × in-process | p50 ms | p90 ms | p99 ms | max ms | errors | server RSS MiB |"
     )?;
     writeln!(
         md,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for r in results
         .iter()
@@ -246,4 +248,67 @@ fn segments_table(md: &mut String, args: &BenchArgs, results: &[CaseResult]) -> 
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(suite: &'static str, protocol: &'static str, samples: &[(u64, bool)]) -> CaseResult {
+        let samples = samples
+            .iter()
+            .map(|&(ms, ok)| (Duration::from_millis(ms), ok))
+            .collect();
+        let mut r = summarize(suite, "churn", 64, 16, samples, Duration::from_secs(2));
+        r.protocol = protocol;
+        r
+    }
+
+    /// Cells per line of a Markdown table, for every line that is a row.
+    fn widths(md: &str) -> Vec<usize> {
+        md.lines()
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.matches('|').count() - 1)
+            .collect()
+    }
+
+    #[test]
+    fn service_table_header_has_a_cell_per_column() {
+        let mut on = case("service", "oip", &[(1, true)]);
+        on.batching = Some(true);
+        on.ratio_to_in_process = Some(0.5);
+        let off = case("service_batching_off", "score", &[(1, true)]);
+        let mut md = String::new();
+        service_table(&mut md, &[on, off]).unwrap();
+        let widths = widths(&md);
+        assert_eq!(widths.len(), 4, "header, alignment, two rows:\n{md}");
+        assert!(widths.iter().all(|&w| w == 14), "{widths:?}\n{md}");
+        assert!(md.contains("| model | protocol | batching |"), "{md}");
+        assert!(md.contains("| churn | ModelInfer | on | 64 | 16 |"), "{md}");
+        assert!(md.contains("| churn | Score | off | 64 | 16 |"), "{md}");
+    }
+
+    #[test]
+    fn in_process_table_header_has_a_cell_per_column() {
+        let mut md = String::new();
+        in_process_table(&mut md, &[case("in_process", "ort", &[(1, true)])]).unwrap();
+        let widths = widths(&md);
+        assert_eq!(widths, vec![6, 6, 6], "{md}");
+    }
+
+    #[test]
+    fn summarize_counts_only_successful_calls() {
+        // 100 ok calls of 1..=100 ms and one failed call, over 2 s.
+        let mut samples: Vec<(u64, bool)> = (1..=100).map(|ms| (ms, true)).collect();
+        samples.push((5000, false));
+        let r = case("in_process", "ort", &samples);
+        assert_eq!((r.calls, r.errors), (101, 1));
+        assert_eq!(r.calls_per_second, 50.0);
+        assert_eq!(r.rows_per_second, 50.0 * 64.0);
+        // Nearest rank over the successful calls; the failure is not the max.
+        assert_eq!(
+            (r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms),
+            (50.0, 90.0, 99.0, 100.0)
+        );
+    }
 }
