@@ -11,10 +11,12 @@ use std::{
 
 use ndarray::Array2;
 
-use super::{emit, load_rows, report::summarize, tile, BenchArgs, CaseResult, IN_PROCESS_ROWS};
+use super::{
+    emit, load_rows, ort_signature, report::summarize, tile, BenchArgs, CaseResult, IN_PROCESS_ROWS,
+};
 use crate::{
     engine::{
-        onnx::{self, OnnxBackend, OnnxSignature},
+        onnx::{self, OnnxBackend},
         Backend,
     },
     repository::Manifest,
@@ -50,14 +52,7 @@ fn case(
 ) -> anyhow::Result<CaseResult> {
     let env = onnx::init_runtime(args.ort_dylib_path.as_deref())?;
     let bytes = std::fs::read(dir.join(&manifest.file))?;
-    let signature = OnnxSignature {
-        features: manifest.features.len(),
-        output: manifest.score.output.clone(),
-        column: manifest.score.column,
-        inputs: Vec::new(),
-        classes: None,
-        clustering: false,
-    };
+    let signature = ort_signature(manifest);
     let batch = Arc::new(tile(input, rows));
     let duration = Duration::from_secs_f64(args.seconds);
     let handles: Vec<_> = (0..workers)

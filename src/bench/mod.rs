@@ -33,6 +33,7 @@ mod server;
 mod service;
 
 use crate::{
+    engine::onnx::OnnxSignature,
     features::FeatureSchema,
     proto::pb,
     repository::{load::read_csv_batch, scan, Format, Manifest, MANIFEST_FILE},
@@ -193,6 +194,19 @@ fn onnx_models(root: &Path) -> anyhow::Result<Vec<(Manifest, PathBuf)>> {
         out.extend(best);
     }
     Ok(out)
+}
+
+/// The plain single-score signature both in-process suites load a model
+/// with: the manifest's features in, its score column out.
+fn ort_signature(manifest: &Manifest) -> OnnxSignature {
+    OnnxSignature {
+        features: manifest.features.len(),
+        output: manifest.score.output.clone(),
+        column: manifest.score.column,
+        inputs: Vec::new(),
+        classes: None,
+        clustering: false,
+    }
 }
 
 /// The input file encoded for `manifest` (as the server would).
