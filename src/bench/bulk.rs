@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use ndarray::Array2;
 use serde::Serialize;
 
-use super::{cpu_model, BenchArgs, Server};
+use super::{ort_signature, report::cpu_model, server::Server, BenchArgs};
 use crate::{
     bulk::read::{self, Wanted},
     engine::{
@@ -128,32 +128,8 @@ fn in_process(
         .iter()
         .map(|(m, _)| FeatureSchema::new(m.features.clone()))
         .collect::<Result<_, _>>()?;
-    let mut features = std::collections::BTreeMap::new();
-    for s in &schemas {
-        for spec in s.specs() {
-            features.insert(spec.name.clone(), spec.dtype);
-        }
-    }
-    let wanted = Wanted {
-        id_column: "customer_id".into(),
-        features: features.into_iter().collect(),
-    };
-    let files: Vec<(Vec<u8>, OnnxSignature)> = models
-        .iter()
-        .map(|(m, dir)| {
-            Ok((
-                std::fs::read(dir.join(&m.file))?,
-                OnnxSignature {
-                    features: m.features.len(),
-                    output: m.score.output.clone(),
-                    column: m.score.column,
-                    inputs: Vec::new(),
-                    classes: None,
-                    clustering: false,
-                },
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let wanted = wanted(&schemas);
+    let files = model_files(models)?;
     let (tx, rx) = crossbeam_channel::bounded::<Arc<Vec<Array2<f32>>>>(workers * 2);
     let handles: Vec<_> = (0..workers.max(1))
         .map(|_| {
@@ -201,6 +177,29 @@ fn in_process(
         busiest = busiest.max(busy);
     }
     Ok((rows, busiest.as_secs_f64()))
+}
+
+/// The columns to read: every feature any model uses, once, and the id.
+fn wanted(schemas: &[FeatureSchema]) -> Wanted {
+    let mut features = std::collections::BTreeMap::new();
+    for s in schemas {
+        for spec in s.specs() {
+            features.insert(spec.name.clone(), spec.dtype);
+        }
+    }
+    Wanted {
+        id_column: "customer_id".into(),
+        features: features.into_iter().collect(),
+    }
+}
+
+/// Each model's ONNX bytes and signature, read once so every worker thread
+/// loads its own sessions from memory.
+fn model_files(models: &[(Manifest, PathBuf)]) -> anyhow::Result<Vec<(Vec<u8>, OnnxSignature)>> {
+    models
+        .iter()
+        .map(|(m, dir)| Ok((std::fs::read(dir.join(&m.file))?, ort_signature(m))))
+        .collect()
 }
 
 struct ChildRun {
