@@ -432,7 +432,11 @@ impl infer::Features for Tensors<'_> {
             .unwrap_or(0))
     }
 
-    fn into_batch(self, model: &LoadedModel) -> Result<FeatureBatch, ApiError> {
+    fn into_batch(self, model: Option<&LoadedModel>) -> Result<FeatureBatch, ApiError> {
+        // ModelInfer always names its one model.
+        let model = model.ok_or_else(|| {
+            ApiError::Internal("ModelInfer reached the core without its model".into())
+        })?;
         tensors_to_batch(
             &model.schema,
             &model.manifest.inputs,

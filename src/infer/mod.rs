@@ -63,9 +63,10 @@ pub trait Features {
     /// wire format whose claim is not plausible returns 0 (nothing is held)
     /// and lets [`into_batch`](Self::into_batch) give the precise error.
     fn declared_rows(&self) -> Result<usize, ApiError>;
-    /// The features as a batch; `first` is the first model resolved, for
-    /// wire formats whose tensors are read against a model's inputs.
-    fn into_batch(self, first: &LoadedModel) -> Result<FeatureBatch, ApiError>;
+    /// The features as a batch; `first` is the first model resolved (none
+    /// when only segments that read no model are asked for), for wire
+    /// formats whose tensors are read against a model's inputs.
+    fn into_batch(self, first: Option<&LoadedModel>) -> Result<FeatureBatch, ApiError>;
 }
 
 impl Features for FeatureBatch {
@@ -73,7 +74,7 @@ impl Features for FeatureBatch {
         Ok(self.rows())
     }
 
-    fn into_batch(self, _first: &LoadedModel) -> Result<FeatureBatch, ApiError> {
+    fn into_batch(self, _first: Option<&LoadedModel>) -> Result<FeatureBatch, ApiError> {
         Ok(self)
     }
 }
@@ -219,7 +220,7 @@ impl Scorer {
         let admitted = self.admit(&models, declared, &entity_ids)?;
         // Every model has queue room for the request: only now are its rows
         // converted and encoded (the expensive part of a huge request).
-        let batch = features.into_batch(admitted[0].primary())?;
+        let batch = features.into_batch(admitted.first().map(Admitted::primary))?;
         let rows = batch.rows();
         if rows != declared {
             return Err(ApiError::InvalidArgument(format!(

@@ -89,7 +89,7 @@ impl Features for Option<pb::FeatureMatrix> {
             .map_or(matrix.rows as usize, |c| c.len().max(matrix.rows as usize)))
     }
 
-    fn into_batch(self, _first: &LoadedModel) -> Result<FeatureBatch, ApiError> {
+    fn into_batch(self, _first: Option<&LoadedModel>) -> Result<FeatureBatch, ApiError> {
         let matrix =
             self.ok_or_else(|| ApiError::InvalidArgument("the request has no `features`".into()))?;
         FeatureBatch::try_from(matrix)
