@@ -83,17 +83,7 @@ pub(super) fn open(
         return Ok(p);
     }
     std::fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
-    let p = Progress {
-        fingerprint,
-        parts: Vec::new(),
-        next_chunk: 0,
-        rows_read: 0,
-        rows_scored: 0,
-        rows_rejected: 0,
-        segment_members: Vec::new(),
-        segment_errors: Vec::new(),
-        complete: false,
-    };
+    let p = Progress::fresh(fingerprint);
     p.save(staging)?;
     Ok(p)
 }

@@ -203,6 +203,21 @@ fn sync_dir(path: &Path) {
 }
 
 impl Progress {
+    /// A job's first checkpoint: nothing read, written or committed yet.
+    pub fn fresh(fingerprint: Fingerprint) -> Self {
+        Self {
+            fingerprint,
+            parts: Vec::new(),
+            next_chunk: 0,
+            rows_read: 0,
+            rows_scored: 0,
+            rows_rejected: 0,
+            segment_members: Vec::new(),
+            segment_errors: Vec::new(),
+            complete: false,
+        }
+    }
+
     /// The checkpoint in `dir`, if any, with every file it does not list
     /// removed (a crash's half-written part).
     pub fn load_and_clean(dir: &Path) -> anyhow::Result<Option<Progress>> {
@@ -693,27 +708,17 @@ mod tests {
     }
 
     fn progress(format: Format) -> Progress {
-        Progress {
-            fingerprint: Fingerprint {
-                input: "in.csv".into(),
-                input_bytes: 0,
-                input_modified_ns: 0,
-                output_format: format,
-                shard: None,
-                batch_rows: 4,
-                id_column: "customer_id".into(),
-                columns: columns(),
-                models: Vec::new(),
-            },
-            parts: Vec::new(),
-            next_chunk: 0,
-            rows_read: 0,
-            rows_scored: 0,
-            rows_rejected: 0,
-            segment_members: Vec::new(),
-            segment_errors: Vec::new(),
-            complete: false,
-        }
+        Progress::fresh(Fingerprint {
+            input: "in.csv".into(),
+            input_bytes: 0,
+            input_modified_ns: 0,
+            output_format: format,
+            shard: None,
+            batch_rows: 4,
+            id_column: "customer_id".into(),
+            columns: columns(),
+            models: Vec::new(),
+        })
     }
 
     fn reject(row: u64, column: &str) -> Reject {
