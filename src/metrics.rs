@@ -5,6 +5,12 @@
 //! mix their counts). Per-version handles are resolved once when a version
 //! loads, so the hot path touches only atomics, and the score histograms are
 //! filled through thread-local buffers flushed once per batch.
+//!
+//! This module knows nothing of the model repository: a version's handles
+//! are built from plain values (name, version, which score histogram and how
+//! a row's values become its score), and the repository converts its
+//! manifest into them. That keeps the dependency one-way (repository ->
+//! metrics).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,9 +20,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
-
-use crate::repository::manifest::ScorePicker;
-use crate::repository::{Manifest, Task};
 
 /// Request latency buckets, 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -230,17 +233,22 @@ impl Metrics {
         self.segment_reloads.with_label_values(&[result]).inc();
     }
 
-    /// Handles for one model version, resolved once at load.
-    pub fn version(&self, manifest: &Manifest) -> VersionMetrics {
-        let version = manifest.version.to_string();
-        let labels = [manifest.name.as_str(), version.as_str()];
-        let scores = match manifest.task {
-            Task::BinaryClassification | Task::MulticlassClassification => {
-                Some(self.score_probability.with_label_values(&labels))
+    /// Handles for version `version` of `model`, resolved once at load;
+    /// `scores` is the score histogram it fills (none for clustering).
+    pub fn version(
+        &self,
+        model: &str,
+        version: u64,
+        scores: Option<ScoreHistogram>,
+    ) -> VersionMetrics {
+        let version = version.to_string();
+        let labels = [model, version.as_str()];
+        let scores = scores.map(|scores| match scores {
+            ScoreHistogram::Probability(row) => {
+                (self.score_probability.with_label_values(&labels), row)
             }
-            Task::Regression => Some(self.score_value.with_label_values(&labels)),
-            Task::Clustering => None,
-        };
+            ScoreHistogram::Value(row) => (self.score_value.with_label_values(&labels), row),
+        });
         VersionMetrics {
             rows: self.rows.with_label_values(&labels),
             queue_wait: self.queue_wait.with_label_values(&labels),
@@ -248,7 +256,6 @@ impl Metrics {
             batch_rows: self.batch_rows.with_label_values(&labels),
             queue_depth: self.queue_depth.with_label_values(&labels),
             scores,
-            picker: ScorePicker::of(manifest),
         }
     }
 
@@ -337,6 +344,26 @@ pub struct ModelState {
     pub loads_failed: u64,
 }
 
+/// The score histogram a version fills, with how a row's values become the
+/// score it observes.
+pub enum ScoreHistogram {
+    /// `segscore_score_probability`: classifiers.
+    Probability(Arc<dyn RowScore>),
+    /// `segscore_score_value`: regression models.
+    Value(Arc<dyn RowScore>),
+}
+
+/// How one row of a model's output becomes its score: a classifier may
+/// return every class's probability, and the histogram must hold scores, not
+/// classes. The repository implements it from the manifest, so this module
+/// needs nothing of the repository.
+pub trait RowScore: Send + Sync {
+    /// Values per row in a batch's row-major output.
+    fn width(&self) -> usize;
+    /// The score of one row's [`width`](Self::width) values.
+    fn score(&self, row: &[f32]) -> f32;
+}
+
 /// Decrements the in-flight gauge when the request is done.
 pub struct InFlight(Arc<Metrics>);
 
@@ -354,10 +381,8 @@ pub struct VersionMetrics {
     compute: Histogram,
     batch_rows: Histogram,
     pub(crate) queue_depth: IntGauge,
-    scores: Option<Histogram>,
-    /// Classifiers that return every class's probability: how a row's
-    /// values become its score, so the histogram holds scores, not classes.
-    picker: ScorePicker,
+    /// The score histogram, and how a row's values become its score.
+    scores: Option<(Histogram, Arc<dyn RowScore>)>,
 }
 
 impl VersionMetrics {
@@ -376,11 +401,11 @@ impl VersionMetrics {
         self.compute.observe(compute.as_secs_f64());
         self.batch_rows.observe(rows as f64);
         self.rows.inc_by(rows as u64);
-        if let Some(histogram) = &self.scores {
+        if let Some((histogram, row)) = &self.scores {
             // One flush of a local copy instead of an atomic add per row.
             let local = histogram.local();
-            for s in self.picker.scores(scores) {
-                local.observe(f64::from(s));
+            for values in scores.chunks(row.width().max(1)) {
+                local.observe(f64::from(row.score(values)));
             }
             local.flush();
         }
@@ -410,4 +435,72 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Res
         }),
     );
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two values per row, the score in the second (a binary classifier
+    /// returning both classes' probabilities).
+    struct Second;
+    impl RowScore for Second {
+        fn width(&self) -> usize {
+            2
+        }
+        fn score(&self, row: &[f32]) -> f32 {
+            row[1]
+        }
+    }
+
+    fn line<'a>(text: &'a str, metric: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(metric))
+    }
+
+    #[test]
+    fn a_version_observes_one_score_per_row_under_its_name_and_version() {
+        let metrics = Metrics::new();
+        let churn = metrics.version(
+            "churn",
+            3,
+            Some(ScoreHistogram::Probability(Arc::new(Second))),
+        );
+        let ltv = metrics.version("ltv", 1, Some(ScoreHistogram::Value(Arc::new(Second))));
+        let clusters = metrics.version("clusters", 1, None);
+        let waits = || [Duration::from_millis(1)].into_iter();
+        churn.batch(waits(), Duration::from_millis(2), 2, &[0.9, 0.1, 0.4, 0.6]);
+        ltv.batch(waits(), Duration::from_millis(2), 1, &[0.0, 120.0]);
+        clusters.batch(waits(), Duration::from_millis(2), 1, &[4.0, 0.5]);
+        let text = metrics.render();
+        let churn = r#"{model="churn",version="3"}"#;
+        assert_eq!(
+            line(&text, &format!("segscore_score_probability_count{churn}")),
+            Some(format!("segscore_score_probability_count{churn} 2").as_str())
+        );
+        let sum = line(&text, &format!("segscore_score_probability_sum{churn}")).unwrap();
+        let sum: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (sum - 0.7).abs() < 1e-6,
+            "the second value of each row: {sum}"
+        );
+        assert_eq!(
+            line(
+                &text,
+                r#"segscore_score_value_sum{model="ltv",version="1"}"#
+            ),
+            Some(r#"segscore_score_value_sum{model="ltv",version="1"} 120"#)
+        );
+        assert_eq!(
+            line(
+                &text,
+                r#"segscore_rows_total{model="clusters",version="1"}"#
+            ),
+            Some(r#"segscore_rows_total{model="clusters",version="1"} 1"#)
+        );
+        assert!(
+            !text.contains(r#"segscore_score_probability_count{model="clusters""#)
+                && !text.contains(r#"segscore_score_value_count{model="clusters""#),
+            "clustering fills no score histogram"
+        );
+    }
 }

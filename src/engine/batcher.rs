@@ -16,17 +16,25 @@
 //! [`reserve`](Batcher::reserve)s the request's chunks as soon as it knows
 //! the row count, and a million-row request that cannot be queued is refused
 //! in microseconds instead of after seconds of encoding.
+//!
+//! Running a batch on a backend is the worker module's job.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use ndarray::{concatenate, Array2, ArrayView2, Axis};
+use ndarray::Array2;
 use parking_lot::Mutex;
 use tokio::{
-    sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore},
+    sync::{oneshot, Notify, Semaphore},
     time::Instant,
 };
 
-use super::{worker, Backend, ScoreError};
+// The worker owns the unit of work and runs it; the batcher only queues
+// entries and forms batches, so the dependency goes batcher -> worker only.
+pub use super::worker::Reply;
+use super::{
+    worker::{self, Batch, Entry},
+    Backend, ScoreError,
+};
 use crate::metrics::VersionMetrics;
 
 /// How one model version batches.
@@ -41,24 +49,6 @@ pub struct BatcherConfig {
     pub queue_capacity: usize,
     /// Merge chunks of different requests into one model call.
     pub batching: bool,
-}
-
-/// The scores of one chunk, or why there are none.
-pub type Reply = Result<Vec<f32>, ScoreError>;
-
-/// One queued chunk of one request.
-pub(crate) struct Entry {
-    pub input: Array2<f32>,
-    pub reply: oneshot::Sender<Reply>,
-    pub deadline: Option<Instant>,
-    pub enqueued: Instant,
-}
-
-/// A batch handed to a worker. The permit travels with it and is released
-/// when the worker is done, which is what lets the batcher form the next one.
-pub(crate) struct Batch {
-    pub entries: Vec<Entry>,
-    pub _permit: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -326,65 +316,6 @@ fn take_batch(shared: &Shared, config: &BatcherConfig) -> Vec<Entry> {
     batch
 }
 
-/// Runs one batch on `backend` and answers every entry with its own rows.
-pub(crate) fn run_batch(
-    backend: &mut dyn Backend,
-    entries: Vec<Entry>,
-    metrics: Option<&VersionMetrics>,
-) {
-    // A caller may have gone away while the batch waited for this worker.
-    let entries: Vec<Entry> = entries
-        .into_iter()
-        .filter(|e| !e.reply.is_closed())
-        .collect();
-    if entries.is_empty() {
-        return;
-    }
-    let started = Instant::now();
-    let result = if entries.len() == 1 {
-        backend.score(entries[0].input.view())
-    } else {
-        let views: Vec<ArrayView2<'_, f32>> = entries.iter().map(|e| e.input.view()).collect();
-        match concatenate(Axis(0), &views) {
-            Ok(input) => backend.score(input.view()),
-            Err(e) => Err(super::BackendError::Inference(format!(
-                "assembling the batch: {e}"
-            ))),
-        }
-    };
-    let total: usize = entries.iter().map(|e| e.input.nrows()).sum();
-    let width = backend.outputs_per_row().max(1);
-    match result {
-        Ok(scores) if scores.len() == total * width => {
-            if let Some(m) = metrics {
-                let waits = entries.iter().map(|e| started - e.enqueued);
-                m.batch(waits, started.elapsed(), total, &scores);
-            }
-            let mut offset = 0;
-            for entry in entries {
-                let n = entry.input.nrows() * width;
-                let _ = entry.reply.send(Ok(scores[offset..offset + n].to_vec()));
-                offset += n;
-            }
-        }
-        Ok(scores) => {
-            let message = format!(
-                "the model returned {} values for {total} rows ({width} per row expected)",
-                scores.len()
-            );
-            for entry in entries {
-                let _ = entry.reply.send(Err(ScoreError::Backend(message.clone())));
-            }
-        }
-        Err(e) => {
-            let message = e.to_string();
-            for entry in entries {
-                let _ = entry.reply.send(Err(ScoreError::Backend(message.clone())));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex as StdMutex;
@@ -580,40 +511,5 @@ mod tests {
         ));
         assert_eq!(b.queued(), 1, "nothing of the refused request was queued");
         assert!(b.reserve(3).is_ok(), "the refused reservation was released");
-    }
-
-    /// A backend that returns each row's first value, to check reassembly.
-    struct Echo;
-    impl Backend for Echo {
-        fn score(
-            &mut self,
-            input: ArrayView2<'_, f32>,
-        ) -> Result<Vec<f32>, super::super::BackendError> {
-            Ok(input.column(0).to_vec())
-        }
-    }
-
-    #[test]
-    fn a_merged_batch_is_split_back_in_order() {
-        let mut receivers = Vec::new();
-        let entries: Vec<Entry> = (0..4)
-            .map(|i| {
-                let (reply, rx) = oneshot::channel();
-                receivers.push(rx);
-                let input = Array2::from_shape_fn((i + 1, 2), |(r, _)| (i * 10 + r) as f32);
-                Entry {
-                    input,
-                    reply,
-                    deadline: None,
-                    enqueued: Instant::now(),
-                }
-            })
-            .collect();
-        run_batch(&mut Echo, entries, None);
-        for (i, mut rx) in receivers.into_iter().enumerate() {
-            let got = rx.try_recv().unwrap().unwrap();
-            let want: Vec<f32> = (0..=i).map(|r| (i * 10 + r) as f32).collect();
-            assert_eq!(got, want);
-        }
     }
 }

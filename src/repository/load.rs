@@ -21,6 +21,7 @@ use crate::{
         Backend, BackendError, BackendWrapper, Batcher, BatcherConfig, Reservation, ScoreError,
     },
     features::{ColumnBuilder, FeatureBatch, FeatureError, FeatureSchema, SchemaError},
+    metrics::{Metrics, RowScore, ScoreHistogram, VersionMetrics},
 };
 
 /// How model versions are run; shared by `serve`, `score` and `models validate`.
@@ -44,7 +45,7 @@ pub struct EngineConfig {
     /// exhaust memory.
     pub max_model_bytes: u64,
     /// Where versions publish their metrics (`serve --metrics-addr`).
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<Metrics>>,
     /// Wraps each validated backend before its worker starts (tests only;
     /// see [`BackendWrapper`]).
     pub backend_wrapper: Option<BackendWrapper>,
@@ -394,7 +395,10 @@ pub fn load(
     };
     let v = validate(dir, config, &options)?;
     let label = format!("{}-v{}", v.manifest.name, v.manifest.version);
-    let metrics = config.metrics.as_ref().map(|m| m.version(&v.manifest));
+    let metrics = config
+        .metrics
+        .as_ref()
+        .map(|m| version_metrics(m, &v.manifest));
     let backends = match &config.backend_wrapper {
         Some(wrapper) => v
             .backends
@@ -413,6 +417,31 @@ pub fn load(
         max_batch_rows: config.batcher.max_batch_rows.max(1),
         batcher,
     }))
+}
+
+/// A version's metric handles. Metrics takes plain values (it knows nothing
+/// of manifests), so the conversion from the manifest happens here: the task
+/// picks the score histogram, the declared classes how a row becomes a score.
+fn version_metrics(metrics: &Metrics, manifest: &Manifest) -> VersionMetrics {
+    let row: Arc<dyn RowScore> = Arc::new(ScorePicker::of(manifest));
+    let scores = match manifest.task {
+        Task::BinaryClassification | Task::MulticlassClassification => {
+            Some(ScoreHistogram::Probability(row))
+        }
+        Task::Regression => Some(ScoreHistogram::Value(row)),
+        Task::Clustering => None,
+    };
+    metrics.version(&manifest.name, manifest.version, scores)
+}
+
+impl RowScore for ScorePicker {
+    fn width(&self) -> usize {
+        ScorePicker::width(*self)
+    }
+
+    fn score(&self, row: &[f32]) -> f32 {
+        ScorePicker::score(*self, row)
+    }
 }
 
 /// Times a warm-up batch of [`WARMUP_ROWS`] rows (the golden rows repeated)

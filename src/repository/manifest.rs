@@ -169,15 +169,20 @@ impl ScorePicker {
         }
     }
 
+    /// The score of one row's [`width`](Self::width) values.
+    pub fn score(self, row: &[f32]) -> f32 {
+        match self {
+            ScorePicker::Single => row[0],
+            ScorePicker::Column { column, .. } => row.get(column).copied().unwrap_or(f32::NAN),
+            ScorePicker::Max { .. } => row[argmax(row)],
+        }
+    }
+
     /// The scores of row-major `values`.
     pub fn scores(self, values: &[f32]) -> impl Iterator<Item = f32> + '_ {
         values
             .chunks(self.width().max(1))
-            .map(move |row| match self {
-                ScorePicker::Single => row[0],
-                ScorePicker::Column { column, .. } => row.get(column).copied().unwrap_or(f32::NAN),
-                ScorePicker::Max { .. } => row[argmax(row)],
-            })
+            .map(move |row| self.score(row))
     }
 }
 

@@ -654,3 +654,354 @@ pub fn scan(root: &Path) -> std::io::Result<BTreeMap<String, BTreeMap<u64, PathB
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Scanning a repository directory, labels.toml, and keep-N retirement,
+    //! on temp copies of the shipped smartcore churn model (it loads without
+    //! ONNX Runtime, so these run wherever the unit tests do).
+
+    use std::{fs, time::Duration};
+
+    use super::*;
+    use crate::engine::BatcherConfig;
+
+    const SHIPPED_CHURN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/churn/1");
+
+    /// Adds `root/churn/<version>/` as a copy of the shipped churn v1 with
+    /// its manifest renumbered (the directory and the manifest must agree).
+    fn add_churn(root: &Path, version: u64) -> PathBuf {
+        let dir = root.join("churn").join(version.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        for file in fs::read_dir(SHIPPED_CHURN).unwrap() {
+            let file = file.unwrap();
+            fs::copy(file.path(), dir.join(file.file_name())).unwrap();
+        }
+        let manifest = fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        assert!(
+            manifest.contains("\nversion = 1\n"),
+            "the shipped manifest changed"
+        );
+        let manifest = manifest.replace("\nversion = 1\n", &format!("\nversion = {version}\n"));
+        fs::write(dir.join(MANIFEST_FILE), manifest).unwrap();
+        dir
+    }
+
+    fn churn_repository(versions: &[u64]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for &version in versions {
+            add_churn(root.path(), version);
+        }
+        root
+    }
+
+    fn write_labels(root: &Path, text: &str) {
+        fs::write(root.join("churn").join(LABELS_FILE), text).unwrap();
+    }
+
+    fn config(keep_versions: usize) -> EngineConfig {
+        EngineConfig {
+            workers: 1,
+            intra_threads: 1,
+            batcher: BatcherConfig {
+                max_batch_rows: 64,
+                max_queue_delay: Duration::ZERO,
+                queue_capacity: 16,
+                batching: true,
+            },
+            ort_dylib_path: None,
+            // The warm-up budget is a gate on slow models, not what these
+            // tests are about: generous, so a busy machine refuses nothing.
+            latency_budget: Duration::from_secs(600),
+            keep_versions,
+            max_model_bytes: files::DEFAULT_MAX_MODEL_BYTES,
+            metrics: None,
+            backend_wrapper: None,
+        }
+    }
+
+    /// Each churn version's state: "serving", "retired" or the failure reason.
+    fn states(repository: &Repository) -> Vec<(u64, String)> {
+        repository.models()["churn"]
+            .versions
+            .iter()
+            .map(|(v, s)| {
+                let state = match s {
+                    VersionStatus::Serving(_) => "serving".to_string(),
+                    VersionStatus::Retired { .. } => "retired".to_string(),
+                    VersionStatus::Failed { reason, .. } => reason.clone(),
+                };
+                (*v, state)
+            })
+            .collect()
+    }
+
+    fn serving(versions: &[u64]) -> Vec<(u64, String)> {
+        versions
+            .iter()
+            .map(|v| (*v, "serving".to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn scan_lists_numbered_version_directories_with_a_manifest() {
+        let root = churn_repository(&[1, 2]);
+        let churn = root.path().join("churn");
+        // Not versions: zero, not a number, half-copied (no manifest yet), a file.
+        for skipped in ["0", "abc", "-3"] {
+            fs::create_dir(churn.join(skipped)).unwrap();
+            fs::copy(
+                churn.join("1").join(MANIFEST_FILE),
+                churn.join(skipped).join(MANIFEST_FILE),
+            )
+            .unwrap();
+        }
+        fs::create_dir(churn.join("3")).unwrap();
+        fs::write(churn.join("4"), "a file, not a directory").unwrap();
+        // Not models: a hidden directory, a file, a directory without versions.
+        fs::create_dir_all(root.path().join(".trash/1")).unwrap();
+        fs::copy(
+            churn.join("1").join(MANIFEST_FILE),
+            root.path().join(".trash/1").join(MANIFEST_FILE),
+        )
+        .unwrap();
+        fs::write(root.path().join("README"), "not a model").unwrap();
+        fs::create_dir(root.path().join("empty")).unwrap();
+
+        let found = scan(root.path()).unwrap();
+        let want: BTreeMap<String, BTreeMap<u64, PathBuf>> = [(
+            "churn".to_string(),
+            [(1, churn.join("1")), (2, churn.join("2"))].into(),
+        )]
+        .into();
+        assert_eq!(found, want);
+    }
+
+    #[test]
+    fn scan_of_a_missing_root_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let err = scan(&root.path().join("nowhere")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_bad_version_is_refused_with_its_reason_and_its_neighbours_serve() {
+        let root = churn_repository(&[1]);
+        // The manifest claims another version than its directory.
+        let misnumbered = add_churn(root.path(), 2);
+        let text = fs::read_to_string(misnumbered.join(MANIFEST_FILE)).unwrap();
+        fs::write(
+            misnumbered.join(MANIFEST_FILE),
+            text.replace("\nversion = 2\n", "\nversion = 7\n"),
+        )
+        .unwrap();
+        // The model file is not the one the manifest's sha256 names.
+        let tampered = add_churn(root.path(), 3);
+        fs::write(tampered.join("model.smartcore.json"), "{}").unwrap();
+        // The manifest does not parse.
+        let broken = add_churn(root.path(), 4);
+        fs::write(broken.join(MANIFEST_FILE), "name = \"churn\"\nversion = ").unwrap();
+
+        let repository = Repository::load(root.path(), &config(2)).unwrap();
+        let states = states(&repository);
+        assert_eq!(states[0], (1, "serving".to_string()));
+        assert_eq!(
+            states[1],
+            (
+                2,
+                "manifest says version = `7` but the directory says `2`".to_string()
+            )
+        );
+        assert!(
+            states[2].1.starts_with("sha256 mismatch for "),
+            "{:?}",
+            states[2]
+        );
+        assert!(states[3].1.starts_with("manifest: "), "{:?}", states[3]);
+        let entry = &repository.models()["churn"];
+        assert_eq!((entry.loads_succeeded, entry.loads_failed), (1, 3));
+        // A misnumbered manifest still parses, so GetModel can show it.
+        assert!(matches!(
+            &entry.versions[&2],
+            VersionStatus::Failed { manifest: Some(m), .. } if m.version == 7
+        ));
+        // Requests that pin nothing get the good version; pinning a bad one
+        // says why it is not serving.
+        assert_eq!(repository.resolve("churn", 0, "").unwrap().version(), 1);
+        match repository.resolve("churn", 2, "") {
+            Err(ResolveError::NotServing {
+                version, reason, ..
+            }) => {
+                assert_eq!(version, 2);
+                assert_eq!(reason, states[1].1);
+            }
+            other => panic!("{:?}", other.map(|m| m.version())),
+        }
+    }
+
+    #[tokio::test]
+    async fn labels_choose_the_default_and_a_label_to_a_missing_version_dangles() {
+        let root = churn_repository(&[1, 2]);
+        write_labels(root.path(), "stable = 1\nbeta = 7\n");
+        let repository = Repository::load(root.path(), &config(2)).unwrap();
+        let entry = &repository.models()["churn"];
+        assert_eq!(
+            entry.routing.labels,
+            [("beta".into(), 7), ("stable".into(), 1)].into()
+        );
+        assert_eq!(entry.labels_of(1), ["stable"]);
+        assert!(entry.labels_of(2).is_empty());
+        // `stable` wins over the highest version.
+        assert_eq!(repository.resolve("churn", 0, "").unwrap().version(), 1);
+        assert_eq!(
+            repository.resolve("churn", 0, "stable").unwrap().version(),
+            1
+        );
+        assert_eq!(
+            entry.dangling_labels(),
+            [(
+                "beta".to_string(),
+                "label `beta` points at version 7, which is not in the repository (deleted, or \
+                 not written yet): requests naming `beta` fail"
+                    .to_string()
+            )]
+        );
+        assert_eq!(
+            repository.resolve("churn", 0, "beta").map(|m| m.version()),
+            Err(ResolveError::UnknownVersion {
+                name: "churn".into(),
+                version: 7
+            })
+        );
+        assert_eq!(
+            repository.resolve("churn", 0, "gamma").map(|m| m.version()),
+            Err(ResolveError::UnknownLabel {
+                name: "churn".into(),
+                label: "gamma".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dangling_stable_label_falls_back_to_the_highest_serving_version() {
+        let root = churn_repository(&[1, 2]);
+        write_labels(root.path(), "stable = 9\n");
+        let repository = Repository::load(root.path(), &config(2)).unwrap();
+        let entry = &repository.models()["churn"];
+        assert_eq!(repository.resolve("churn", 0, "").unwrap().version(), 2);
+        assert_eq!(
+            entry.dangling_labels(),
+            [(
+                "stable".to_string(),
+                "label `stable` points at version 9, which is not in the repository (deleted, \
+                 or not written yet): requests that pin no version get version 2, the highest \
+                 serving"
+                    .to_string()
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_labels_file_is_ignored_and_the_last_good_labels_kept() {
+        let root = churn_repository(&[1, 2]);
+        write_labels(root.path(), "stable = 0\n");
+        let repository = Repository::load(root.path(), &config(2)).unwrap();
+        assert!(repository.models()["churn"].routing.labels.is_empty());
+        assert_eq!(repository.resolve("churn", 0, "").unwrap().version(), 2);
+
+        write_labels(root.path(), "stable = 1\n");
+        let repository = repository.reconcile().unwrap().expect("the labels changed");
+        assert_eq!(repository.resolve("churn", 0, "").unwrap().version(), 1);
+        // A bad edit keeps what served before rather than dropping the label.
+        write_labels(root.path(), "stable = \"1\"\n");
+        assert!(repository.reconcile().unwrap().is_none(), "nothing changed");
+        assert_eq!(repository.resolve("churn", 0, "").unwrap().version(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rescan_loads_new_versions_and_drops_removed_ones() {
+        let root = churn_repository(&[1]);
+        let repository = Repository::load(root.path(), &config(2)).unwrap();
+        assert!(repository.reconcile().unwrap().is_none(), "nothing changed");
+        // A half-copied version (no manifest yet) is not a candidate...
+        let dir = add_churn(root.path(), 2);
+        fs::rename(dir.join(MANIFEST_FILE), root.path().join("model.toml.part")).unwrap();
+        assert!(
+            repository.reconcile().unwrap().is_none(),
+            "no manifest, no version"
+        );
+        // ...until its manifest, written last, arrives.
+        fs::rename(root.path().join("model.toml.part"), dir.join(MANIFEST_FILE)).unwrap();
+        let repository = repository.reconcile().unwrap().expect("version 2 arrived");
+        assert_eq!(states(&repository), serving(&[1, 2]));
+        assert_eq!(repository.resolve("churn", 0, "").unwrap().version(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+        let repository = repository.reconcile().unwrap().expect("version 2 left");
+        assert_eq!(states(&repository), serving(&[1]));
+        fs::remove_dir_all(root.path().join("churn")).unwrap();
+        let repository = repository.reconcile().unwrap().expect("churn left");
+        assert!(repository.models().is_empty());
+    }
+
+    #[tokio::test]
+    async fn versions_below_the_default_beyond_keep_n_are_retired_unless_labelled() {
+        let root = churn_repository(&[1, 2, 3, 4]);
+        // Default 4 (the highest); keep 1 below it: 3 stays, 2 and 1 retire.
+        let repository = Repository::load(root.path(), &config(1)).unwrap();
+        assert_eq!(
+            states(&repository),
+            [
+                (1, "retired".to_string()),
+                (2, "retired".to_string()),
+                (3, "serving".to_string()),
+                (4, "serving".to_string()),
+            ]
+        );
+        match repository.resolve("churn", 2, "") {
+            Err(ResolveError::NotServing { reason, .. }) => assert_eq!(
+                reason,
+                "retired (older than the 1 versions kept loaded; set a label on it or roll \
+                 back to load it again)"
+            ),
+            other => panic!("{:?}", other.map(|m| m.version())),
+        }
+        // Labelling a retired version loads it again, and keeps it loaded.
+        let labelled = repository.with_label("churn", "old", 1).unwrap();
+        assert_eq!(
+            states(&labelled),
+            [
+                (1, "serving".to_string()),
+                (2, "retired".to_string()),
+                (3, "serving".to_string()),
+                (4, "serving".to_string()),
+            ]
+        );
+        assert_eq!(labelled.resolve("churn", 0, "old").unwrap().version(), 1);
+    }
+
+    #[tokio::test]
+    async fn keep_n_counts_below_the_default_and_newer_versions_stay_loaded() {
+        let root = churn_repository(&[1, 2, 3, 4]);
+        // `stable` at 3: 4 is newer and stays; keep 1 below 3 keeps 2.
+        write_labels(root.path(), "stable = 3\n");
+        let repository = Repository::load(root.path(), &config(1)).unwrap();
+        assert_eq!(
+            states(&repository),
+            [
+                (1, "retired".to_string()),
+                (2, "serving".to_string()),
+                (3, "serving".to_string()),
+                (4, "serving".to_string()),
+            ]
+        );
+        // keep 0: only the default and what is newer stay loaded.
+        let repository = Repository::load(root.path(), &config(0)).unwrap();
+        assert_eq!(
+            states(&repository)[..2],
+            [(1, "retired".into()), (2, "retired".into())]
+        );
+        // Enough room keeps everything.
+        let repository = Repository::load(root.path(), &config(3)).unwrap();
+        assert_eq!(states(&repository), serving(&[1, 2, 3, 4]));
+    }
+}

@@ -3,18 +3,16 @@
 //! only finite values; valid batches survive a round trip through protobuf
 //! and encode identically.
 
-use std::path::Path;
-
 use proptest::{collection::vec, prelude::*};
 use segscore::{
     api::pb::{self, feature_column::Values},
     features::{FeatureBatch, FeatureSchema},
-    repository::Manifest,
 };
 
+use crate::helpers::manifest;
+
 fn schema() -> FeatureSchema {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ltv/1/model.toml");
-    FeatureSchema::new(Manifest::read(&path).unwrap().features).unwrap()
+    FeatureSchema::new(manifest("ltv", 1).features).unwrap()
 }
 
 fn values(rows: usize) -> impl Strategy<Value = Values> {
