@@ -9,6 +9,3 @@ pub mod gate;
 pub mod inference;
 pub mod models;
 pub mod scoring;
-
-/// The wire types, where the gRPC front ends' callers have always found them.
-pub use crate::proto::{oip, pb, FILE_DESCRIPTOR_SET};

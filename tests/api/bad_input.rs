@@ -3,7 +3,7 @@
 
 use tonic::Code;
 
-use segscore::api::pb;
+use segscore::proto::pb;
 
 use crate::helpers::*;
 
@@ -297,7 +297,7 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
 /// cannot start a forged log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_and_control_character_names_are_echoed_bounded_and_escaped() {
-    use segscore::api::oip::{
+    use segscore::proto::oip::{
         self, grpc_inference_service_client::GrpcInferenceServiceClient,
         model_infer_request::InferInputTensor, InferTensorContents,
     };

@@ -19,8 +19,8 @@ use parquet::{
     file::properties::WriterProperties,
 };
 use segscore::{
-    api::pb,
     features::{DType, FeatureSchema},
+    proto::pb,
     repository::{load::read_csv_batch, Repository},
 };
 

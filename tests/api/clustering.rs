@@ -3,15 +3,15 @@
 //! computation from the model file, over segscore.v1 and the OIP.
 
 use segscore::{
-    api::{
+    engine::smartcore::{kmeans_centroids, SmartcoreModel, SmartcoreModelFile},
+    features::FeatureSchema,
+    proto::{
         oip::{
             self, grpc_inference_service_client::GrpcInferenceServiceClient,
             model_infer_request::InferRequestedOutputTensor,
         },
         pb,
     },
-    engine::smartcore::{kmeans_centroids, SmartcoreModel, SmartcoreModelFile},
-    features::FeatureSchema,
     repository::{load::read_csv_batch, Task},
 };
 use smartcore::linalg::basic::matrix::DenseMatrix;

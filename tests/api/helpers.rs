@@ -8,11 +8,11 @@ use std::{
 };
 
 use segscore::{
-    api::pb::{self, scoring_client::ScoringClient},
     app::Application,
     config::ServeArgs,
     engine::{Backend, BackendError, BackendWrapper},
     features::FeatureBatch,
+    proto::pb::{self, scoring_client::ScoringClient},
     repository::{load::read_csv_batch, Manifest},
 };
 use tokio::{sync::oneshot, task::JoinHandle};

@@ -2,12 +2,12 @@
 //! same port as segscore.v1, against the shipped models.
 
 use segscore::{
-    api::oip::{
+    features::FeatureSchema,
+    proto::oip::{
         self,
         grpc_inference_service_client::GrpcInferenceServiceClient,
         model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
     },
-    features::FeatureSchema,
     repository::load::read_csv_batch,
 };
 use tonic::{transport::Channel, Code};

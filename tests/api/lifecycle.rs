@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use segscore::api::pb;
+use segscore::proto::pb;
 use tonic::Code;
 
 use crate::helpers::*;

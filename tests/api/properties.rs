@@ -5,8 +5,8 @@
 
 use proptest::{collection::vec, prelude::*};
 use segscore::{
-    api::pb::{self, feature_column::Values},
     features::{FeatureBatch, FeatureSchema},
+    proto::pb::{self, feature_column::Values},
 };
 
 use crate::helpers::manifest;

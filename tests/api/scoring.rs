@@ -2,8 +2,8 @@
 //! model version, at every batch size.
 
 use segscore::{
-    api::pb,
     features::{ImputeValue, MissingPolicy},
+    proto::pb,
     repository::scan,
 };
 

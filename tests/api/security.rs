@@ -7,7 +7,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use segscore::api::{
+use segscore::proto::{
     oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient},
     pb::{self, scoring_client::ScoringClient},
 };
@@ -421,7 +421,7 @@ async fn the_default_deadline_bounds_each_stream_chunk_not_the_stream() {
 /// case-insensitive (`bearer`, `BEARER`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn score_tokens_score_and_only_admin_tokens_change_what_is_served() {
-    use segscore::api::oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
+    use segscore::proto::oip::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         dir.path(),

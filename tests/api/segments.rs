@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use tonic::Code;
 
 use crate::{helpers::*, metrics::http_get};
-use segscore::api::pb;
+use segscore::proto::pb;
 
 const SHIPPED: [&str; 4] = [
     "high_value_abandoners",

@@ -44,7 +44,7 @@ async fn shutdown_completes_in_flight_requests() {
     app.handle.take().unwrap().await.unwrap().unwrap();
     // Stopped means stopped: new connections are refused.
     let again =
-        segscore::api::pb::scoring_client::ScoringClient::connect(format!("http://{}", app.addr))
+        segscore::proto::pb::scoring_client::ScoringClient::connect(format!("http://{}", app.addr))
             .await;
     assert!(again.is_err());
 }
@@ -70,7 +70,7 @@ fn the_binary_serves_and_exits_zero_on_sigterm() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut client =
-            segscore::api::pb::scoring_client::ScoringClient::connect(format!("http://{addr}"))
+            segscore::proto::pb::scoring_client::ScoringClient::connect(format!("http://{addr}"))
                 .await
                 .unwrap();
         let resp = client

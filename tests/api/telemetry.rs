@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use segscore::api::pb::{self, scoring_client::ScoringClient};
+use segscore::proto::pb::{self, scoring_client::ScoringClient};
 use tonic::{Request, Response, Status};
 
 use crate::helpers::*;

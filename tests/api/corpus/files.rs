@@ -5,7 +5,7 @@
 
 use std::{fs, path::Path};
 
-use segscore::api::pb;
+use segscore::proto::pb;
 
 use crate::{
     helpers::*,

@@ -15,7 +15,7 @@ use std::sync::{
 
 use prost::Message;
 use segscore::{
-    api::{
+    proto::{
         oip::{
             self,
             grpc_inference_service_client::GrpcInferenceServiceClient,
