@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{
-    pipeline::{Flow, Prepared, Scorer},
+    chunk::{Flow, Prepared},
     plan::{with_models, Selected},
     select::{self, Candidates},
     write::ModelId,
@@ -20,6 +20,13 @@ use crate::{
     segments::Segments,
 };
 
+/// A job's own scoring core and the models it scores, at the versions
+/// chosen for the job, in output order.
+pub(super) struct Embedded {
+    scorer: infer::Scorer,
+    models: Vec<infer::ModelRef>,
+}
+
 /// Loads the repository and the rules, and chooses each model's version
 /// (`--models`, plus the models the `--segments` rules read; every model
 /// when `--models` is empty).
@@ -27,7 +34,7 @@ pub(super) async fn open(
     args: &ScoreArgs,
     choice: Vec<(String, u64)>,
     segment_names: &[String],
-) -> anyhow::Result<(Scorer, Vec<Selected>)> {
+) -> anyhow::Result<(Embedded, Vec<Selected>)> {
     let engine = args.engine.engine_config();
     let root = args.model_repository.clone();
     let repository = tokio::task::spawn_blocking(move || Repository::load(&root, &engine))
@@ -59,7 +66,11 @@ pub(super) async fn open(
         usize::MAX,
         None,
     );
-    Ok((Scorer::Embedded(scorer, refs), selected))
+    let embedded = Embedded {
+        scorer,
+        models: refs,
+    };
+    Ok((embedded, selected))
 }
 
 /// The version of each chosen model (see [`select::choose`]), pinned.
@@ -109,48 +120,50 @@ fn choose(
     Ok((refs, selected))
 }
 
-/// Scores every prepared chunk through the core, `in_flight` at once, and
-/// hands them to the writer in the order they finish.
-pub(super) async fn score(
-    scorer: &infer::Scorer,
-    models: &[infer::ModelRef],
-    segment_names: &[String],
-    prepared: &mut mpsc::Receiver<Prepared>,
-    flow: &Flow,
-    in_flight: usize,
-) -> anyhow::Result<()> {
-    let scored = futures::stream::poll_fn(|cx| prepared.poll_recv(cx))
-        .then(|p| async move {
-            // Closed only when the writer failed; the send below then fails
-            // and ends the loop.
-            flow.room().await;
-            p
-        })
-        .map(|mut p| async move {
-            let Some(batch) = p.batch.take() else {
-                return anyhow::Ok(Err(p));
+impl Embedded {
+    /// Scores every prepared chunk through the core, `in_flight` at once, and
+    /// hands them to the writer in input order.
+    pub async fn score(
+        &self,
+        segment_names: &[String],
+        prepared: &mut mpsc::Receiver<Prepared>,
+        flow: &Flow,
+        in_flight: usize,
+    ) -> anyhow::Result<()> {
+        let (scorer, models) = (&self.scorer, &self.models);
+        let scored = futures::stream::poll_fn(|cx| prepared.poll_recv(cx))
+            .then(|p| async move {
+                // Closed only when the writer failed; the send below then fails
+                // and ends the loop.
+                flow.room().await;
+                p
+            })
+            .map(|mut p| async move {
+                let Some(batch) = p.batch.take() else {
+                    return anyhow::Ok(Err(p));
+                };
+                let request = infer::Request {
+                    models: models.to_vec(),
+                    segments: segment_names.to_vec(),
+                    entity_ids: Vec::new(),
+                    features: batch,
+                };
+                let scored = scorer.score(request, None).await?;
+                let scores = scored.models.into_iter().map(|m| m.output).collect();
+                let memberships = scored.segments.into_iter().map(|s| s.membership).collect();
+                anyhow::Ok(Ok(p.scored(scores, memberships)))
+            })
+            .buffered(in_flight);
+        let mut scored = std::pin::pin!(scored);
+        while let Some(s) = scored.next().await {
+            let sent = match s? {
+                Ok(scored) => flow.done.send(scored).is_ok(),
+                Err(empty) => flow.empty(empty, models.len(), segment_names.len()),
             };
-            let request = infer::Request {
-                models: models.to_vec(),
-                segments: segment_names.to_vec(),
-                entity_ids: Vec::new(),
-                features: batch,
-            };
-            let scored = scorer.score(request, None).await?;
-            let scores = scored.models.into_iter().map(|m| m.output).collect();
-            let memberships = scored.segments.into_iter().map(|s| s.membership).collect();
-            anyhow::Ok(Ok(p.scored(scores, memberships)))
-        })
-        .buffered(in_flight);
-    let mut scored = std::pin::pin!(scored);
-    while let Some(s) = scored.next().await {
-        let sent = match s? {
-            Ok(scored) => flow.done.send(scored).is_ok(),
-            Err(empty) => flow.empty(empty, models.len(), segment_names.len()),
-        };
-        if !sent {
-            break;
+            if !sent {
+                break;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

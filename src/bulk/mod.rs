@@ -25,12 +25,14 @@
 //! to logs; the rejects file is data and holds row numbers, not values.
 
 mod checkpoint;
+mod chunk;
 mod embedded;
 mod pipeline;
 mod plan;
 pub mod progress;
 pub mod read;
 mod remote;
+mod scorer;
 pub mod select;
 pub mod write;
 
@@ -44,9 +46,10 @@ use anyhow::bail;
 use tracing::info;
 
 use self::{
-    pipeline::{PipelineParts, Scorer},
+    pipeline::PipelineParts,
     plan::Selected,
     read::{Format, Wanted},
+    scorer::Scorer,
     select::Fallback,
     write::{ModelId, OutputColumn, PartWriter, Progress},
 };
@@ -87,9 +90,12 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<Summary> {
     let choice = plan::parse_models(&args.models)?;
     let segment_names = plan::segment_names(&args.segments);
     let (scorer, selected) = if args.addr.is_empty() {
-        embedded::open(&args, choice, &segment_names).await?
+        let (embedded, selected) = embedded::open(&args, choice, &segment_names).await?;
+        (Scorer::Embedded(embedded), selected)
     } else {
-        remote::open(&args.addr, choice, &segment_names, args.allow_fallback).await?
+        let (remotes, selected) =
+            remote::open(&args.addr, choice, &segment_names, args.allow_fallback).await?;
+        (Scorer::Remote(remotes), selected)
     };
     if selected.is_empty() {
         bail!("no model to score with: none was found (or --models is empty)");

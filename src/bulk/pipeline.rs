@@ -13,51 +13,13 @@ use anyhow::{bail, Context};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{
+    chunk::{Flow, Prepared},
     progress,
     read::{RawChunk, Reject},
-    remote::Remote,
+    scorer::Scorer,
     write::{PartWriter, Progress, Scored},
 };
-use crate::{
-    features::{FeatureBatch, FeatureSchema},
-    infer,
-    repository::ModelOutput,
-    segments::Membership,
-};
-
-/// Where chunks are scored.
-pub(super) enum Scorer {
-    /// In this process, through the scoring core: the models at the versions
-    /// chosen for the job, in output order.
-    Embedded(infer::Scorer, Vec<infer::ModelRef>),
-    Remote(Vec<Remote>),
-}
-
-/// A validated chunk on its way to a scorer.
-pub(super) struct Prepared {
-    pub ordinal: u64,
-    pub chunk: u64,
-    pub first_row: u64,
-    pub rows_read: u64,
-    pub ids: Vec<String>,
-    /// The valid rows; None when every row was rejected.
-    pub batch: Option<FeatureBatch>,
-    pub rejects: Vec<Reject>,
-}
-
-impl Prepared {
-    pub fn scored(self, scores: Vec<ModelOutput>, segments: Vec<Membership>) -> Scored {
-        Scored {
-            ordinal: self.ordinal,
-            chunk: self.chunk,
-            rows_read: self.rows_read,
-            ids: self.ids,
-            scores,
-            segments,
-            rejects: self.rejects,
-        }
-    }
-}
+use crate::features::{FeatureBatch, FeatureSchema};
 
 /// What the pipeline runs on.
 pub(super) struct PipelineParts {
@@ -73,38 +35,6 @@ pub(super) struct PipelineParts {
     pub reporter: progress::Reporter,
 }
 
-/// Where scored chunks go, and the window of chunks between dispatch and
-/// write that bounds what the reorder buffer can hold.
-pub(super) struct Flow {
-    pub window: Arc<Semaphore>,
-    pub done: mpsc::UnboundedSender<Scored>,
-}
-
-impl Flow {
-    /// Waits for room in the window; false when the writer failed (the
-    /// window is closed) and the scorer should stop.
-    pub async fn room(&self) -> bool {
-        match self.window.acquire().await {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// A chunk with no valid row: nothing to score, but its rejects and its
-    /// place in the output still go to the writer.
-    pub fn empty(&self, p: Prepared, models: usize, segments: usize) -> bool {
-        self.done
-            .send(p.scored(
-                vec![ModelOutput::default(); models],
-                vec![Membership::default(); segments],
-            ))
-            .is_ok()
-    }
-}
-
 /// Reader thread → scorer(s) → writer thread; returns the final checkpoint.
 pub(super) async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
     let PipelineParts {
@@ -118,10 +48,7 @@ pub(super) async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
         writer,
         reporter,
     } = parts;
-    let servers = match &scorer {
-        Scorer::Embedded(..) => 1,
-        Scorer::Remote(r) => r.len(),
-    };
+    let servers = scorer.servers();
     // Chunks between dispatch and write: enough to keep every stream full,
     // few enough that the reorder buffer stays small.
     let window = Arc::new(Semaphore::new(2 * in_flight * servers + 2));
@@ -133,22 +60,9 @@ pub(super) async fn pipeline(parts: PipelineParts) -> anyhow::Result<Progress> {
         window,
         done: done_tx,
     };
-    let scored = match scorer {
-        Scorer::Embedded(scorer, models) => {
-            super::embedded::score(
-                &scorer,
-                &models,
-                &segment_names,
-                &mut prep_rx,
-                &flow,
-                in_flight,
-            )
-            .await
-        }
-        Scorer::Remote(remotes) => {
-            super::remote::score(remotes, &segment_names, &mut prep_rx, &flow, in_flight).await
-        }
-    };
+    let scored = scorer
+        .score(&segment_names, &mut prep_rx, &flow, in_flight)
+        .await;
     drop(flow);
     // The reader may be blocked sending: dropping the receiver frees it.
     drop(prep_rx);

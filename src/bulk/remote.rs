@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::Channel;
 
 use super::{
-    pipeline::{Flow, Prepared, Scorer},
+    chunk::{Flow, Prepared},
     plan::{with_models, Selected},
     select::{self, Candidates},
     write::{ModelId, Scored},
@@ -42,7 +42,7 @@ pub(super) async fn open(
     choice: Vec<(String, u64)>,
     segment_names: &[String],
     allow_fallback: bool,
-) -> anyhow::Result<(Scorer, Vec<Selected>)> {
+) -> anyhow::Result<(Vec<Remote>, Vec<Selected>)> {
     let mut choice = choice;
     let mut remotes = Vec::new();
     let mut selected: Option<Vec<Selected>> = None;
@@ -93,7 +93,7 @@ pub(super) async fn open(
         });
         selected.get_or_insert(here);
     }
-    Ok((Scorer::Remote(remotes), selected.unwrap_or_default()))
+    Ok((remotes, selected.unwrap_or_default()))
 }
 
 async fn connect(addr: &str) -> anyhow::Result<ScoringClient<Channel>> {
