@@ -94,8 +94,8 @@ pub struct ServeArgs {
         value_name = "DIR"
     )]
     pub model_repository: PathBuf,
-    /// Segment rules file (CEL rules over features and scores; see the
-    /// README). Reloaded when it changes; none = no segments.
+    /// Segment rules file (CEL rules over features and scores; see
+    /// docs/segments.md). Reloaded when it changes; none = no segments.
     #[arg(long, env = "SEGSCORE_SEGMENTS")]
     pub segments: Option<PathBuf>,
     /// gRPC listen address.

@@ -37,7 +37,7 @@ const VALUE_BUCKETS: &[f64] = &[
     25000.0, 50000.0, 100000.0,
 ];
 
-/// Every metric segscore exports (documented in the README).
+/// Every metric segscore exports (documented in docs/operations.md).
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
