@@ -270,6 +270,37 @@ impl CsvChunks {
     }
 }
 
+/// Which row groups a run reads, as (group, its first chunk, its first row,
+/// its rows): those its shard owns that still have chunks at or after
+/// `skip_before` (where a resumed run starts); and how many rows that is.
+fn row_group_plan(
+    group_rows: &[u64],
+    batch_rows: usize,
+    shard: Option<Shard>,
+    skip_before: u64,
+) -> (Vec<(usize, u64, u64, u64)>, u64) {
+    let b = batch_rows as u64;
+    let mut plan = Vec::new();
+    let (mut chunk_base, mut row_base) = (0u64, 0u64);
+    for (g, &rows) in group_rows.iter().enumerate() {
+        let chunks = rows.div_ceil(b);
+        let mine = shard.is_none_or(|s| s.owns(g as u64));
+        if mine && chunk_base + chunks > skip_before {
+            plan.push((g, chunk_base, row_base, rows));
+        }
+        chunk_base += chunks;
+        row_base += rows;
+    }
+    let rows_to_read = plan
+        .iter()
+        .map(|&(_, chunk, _, rows)| {
+            let done = skip_before.saturating_sub(chunk).min(rows.div_ceil(b));
+            rows - (done * b).min(rows)
+        })
+        .sum();
+    (plan, rows_to_read)
+}
+
 fn open_parquet(
     path: &Path,
     wanted: &Wanted,
@@ -297,28 +328,14 @@ fn open_parquet(
     roots.push(id_idx);
     roots.sort_unstable();
     let mask = ProjectionMask::roots(metadata.metadata().file_metadata().schema_descr(), roots);
-    // Which row groups this run reads, with the number of their first chunk
-    // and first row.
-    let b = batch_rows as u64;
-    let mut plan = Vec::new();
-    let (mut chunk_base, mut row_base) = (0u64, 0u64);
-    for (g, rg) in metadata.metadata().row_groups().iter().enumerate() {
-        let rows = rg.num_rows().max(0) as u64;
-        let chunks = rows.div_ceil(b);
-        let mine = shard.is_none_or(|s| s.owns(g as u64));
-        if mine && chunk_base + chunks > skip_before {
-            plan.push((g, chunk_base, row_base, rows));
-        }
-        chunk_base += chunks;
-        row_base += rows;
-    }
-    let rows_to_read = plan
+    let group_rows: Vec<u64> = metadata
+        .metadata()
+        .row_groups()
         .iter()
-        .map(|&(_, chunk, _, rows)| {
-            let done = skip_before.saturating_sub(chunk).min(rows.div_ceil(b));
-            rows - (done * b).min(rows)
-        })
-        .sum();
+        .map(|rg| rg.num_rows().max(0) as u64)
+        .collect();
+    let (plan, rows_to_read) = row_group_plan(&group_rows, batch_rows, shard, skip_before);
+    let b = batch_rows as u64;
     let present = features.iter().map(|(n, _)| n.clone()).collect();
     let path = path.to_path_buf();
     let id_column = wanted.id_column.clone();
@@ -577,4 +594,39 @@ fn parse_cells<'a>(
         }
     }
     builder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_groups_are_numbered_in_chunks_and_rows_across_the_file() {
+        // Groups of 10, 3 and 8 rows in chunks of 4: 3 + 1 + 2 chunks.
+        let (plan, rows) = row_group_plan(&[10, 3, 8], 4, None, 0);
+        assert_eq!(plan, [(0, 0, 0, 10), (1, 3, 10, 3), (2, 4, 13, 8)]);
+        assert_eq!(rows, 21);
+    }
+
+    #[test]
+    fn a_resumed_run_skips_the_chunks_already_written() {
+        // Chunks 0-2 are group 0, chunk 3 group 1, chunks 4-5 group 2.
+        let (plan, rows) = row_group_plan(&[10, 3, 8], 4, None, 4);
+        assert_eq!(plan, [(2, 4, 13, 8)]);
+        assert_eq!(rows, 8);
+        // Resuming inside group 0 reads the rest of it.
+        let (plan, rows) = row_group_plan(&[10, 3, 8], 4, None, 2);
+        assert_eq!(plan.len(), 3);
+        assert_eq!(rows, 2 + 3 + 8);
+        // Past the end: nothing left.
+        assert_eq!(row_group_plan(&[10, 3, 8], 4, None, 6), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn a_shard_reads_only_the_row_groups_it_owns() {
+        let shard = Shard { index: 1, count: 2 };
+        let (plan, rows) = row_group_plan(&[10, 3, 8, 5], 4, Some(shard), 0);
+        assert_eq!(plan, [(1, 3, 10, 3), (3, 6, 21, 5)]);
+        assert_eq!(rows, 8);
+    }
 }

@@ -303,6 +303,41 @@ struct OpenPart {
     segment_counts: Vec<(u64, u64)>,
 }
 
+impl OpenPart {
+    /// Adds a written chunk to the part's counts, checking that every row
+    /// read was either scored or rejected.
+    fn count(&mut self, chunk: &Scored) -> anyhow::Result<()> {
+        let n = chunk.ids.len() as u64;
+        self.rows += n;
+        // Rows, not cells: a row with two bad cells is one rejected row
+        // (and two lines in the rejects file).
+        let rejected_rows = chunk
+            .rejects
+            .iter()
+            .map(|r| r.row)
+            .collect::<BTreeSet<_>>()
+            .len() as u64;
+        if n + rejected_rows != chunk.rows_read {
+            bail!(
+                "chunk {}: {} rows read, but {n} scored and {rejected_rows} rejected; this is a bug",
+                chunk.chunk,
+                chunk.rows_read
+            );
+        }
+        self.reject_count += rejected_rows;
+        if self.segment_counts.len() < chunk.segments.len() {
+            self.segment_counts.resize(chunk.segments.len(), (0, 0));
+        }
+        for (count, m) in self.segment_counts.iter_mut().zip(&chunk.segments) {
+            count.0 += m.member_rows.len() as u64;
+            count.1 += m.errors.len() as u64;
+        }
+        self.rows_read += chunk.rows_read;
+        self.next_chunk = chunk.chunk + 1;
+        Ok(())
+    }
+}
+
 /// Writes scored chunks, in order, into parts and commits them.
 pub struct PartWriter {
     dir: PathBuf,
@@ -399,114 +434,24 @@ impl PartWriter {
     /// Appends one chunk (the next in input order) to the open part, and
     /// commits the part when it is full.
     pub fn write(&mut self, chunk: Scored) -> anyhow::Result<()> {
-        let columns = self.columns.clone();
-        let schema = self.schema.clone();
         let crash_now =
             self.committed_this_run > 0 && Some(self.committed_this_run) == self.fail_after_parts;
         let part_rows = self.part_rows;
-        let part = self.open_part()?;
+        check_shape(&chunk)?;
         let n = chunk.ids.len();
-        if chunk
-            .scores
-            .iter()
-            .any(|s| s.scores.len() != n || !(s.cluster_ids.is_empty() || s.cluster_ids.len() == n))
-            || chunk.segments.iter().any(|m| {
-                m.member_rows.iter().any(|&r| r as usize >= n)
-                    || m.errors.iter().any(|(r, _)| *r as usize >= n)
-            })
-        {
-            bail!(
-                "chunk {}: the scorer returned a score count that differs from the rows sent",
-                chunk.chunk
-            );
-        }
+        let (columns, schema) = (self.columns.clone(), self.schema.clone());
+        let part = self.open_part()?;
         if n > 0 {
             match &mut part.sink {
-                PartSink::Parquet(w) => {
-                    let arrays: Vec<ArrayRef> = columns
-                        .iter()
-                        .map(|c| -> ArrayRef {
-                            match c.kind {
-                                OutputKind::Id => {
-                                    Arc::new(StringArray::from_iter_values(&chunk.ids))
-                                }
-                                OutputKind::Score { model } => {
-                                    Arc::new(Float32Array::from(chunk.scores[model].scores.clone()))
-                                }
-                                OutputKind::Cluster { model } => Arc::new(UInt32Array::from(
-                                    chunk.scores[model].cluster_ids.clone(),
-                                )),
-                                OutputKind::Segment { segment } => Arc::new(BooleanArray::from(
-                                    membership_column(&chunk.segments[segment], n),
-                                )),
-                            }
-                        })
-                        .collect();
-                    w.write(&RecordBatch::try_new(schema, arrays)?)?;
-                }
-                PartSink::Csv(w) => {
-                    let segments: Vec<Vec<Option<bool>>> = chunk
-                        .segments
-                        .iter()
-                        .map(|m| membership_column(m, n))
-                        .collect();
-                    let mut record: Vec<String> = Vec::with_capacity(columns.len());
-                    // Row-major: each row reads one cell of every column.
-                    #[allow(clippy::needless_range_loop)]
-                    for row in 0..n {
-                        record.clear();
-                        for c in &columns {
-                            record.push(match c.kind {
-                                OutputKind::Id => chunk.ids[row].clone(),
-                                // Display is the shortest text that parses
-                                // back to the same f32.
-                                OutputKind::Score { model } => {
-                                    chunk.scores[model].scores[row].to_string()
-                                }
-                                OutputKind::Cluster { model } => {
-                                    chunk.scores[model].cluster_ids[row].to_string()
-                                }
-                                OutputKind::Segment { segment } => match segments[segment][row] {
-                                    Some(member) => member.to_string(),
-                                    None => String::new(),
-                                },
-                            });
-                        }
-                        w.write_record(&record)?;
-                    }
-                }
+                PartSink::Parquet(w) => w.write(&record_batch(&columns, schema, &chunk)?)?,
+                PartSink::Csv(w) => write_csv_rows(w, &columns, &chunk)?,
             }
         }
         for r in &chunk.rejects {
             part.rejects
                 .write_record([r.row.to_string().as_str(), &r.column, &r.reason])?;
         }
-        part.rows += n as u64;
-        // Rows, not cells: a row with two bad cells is one rejected row
-        // (and two lines in the rejects file).
-        let rejected_rows = chunk
-            .rejects
-            .iter()
-            .map(|r| r.row)
-            .collect::<BTreeSet<_>>()
-            .len() as u64;
-        if n as u64 + rejected_rows != chunk.rows_read {
-            bail!(
-                "chunk {}: {} rows read, but {n} scored and {rejected_rows} rejected; this is a bug",
-                chunk.chunk,
-                chunk.rows_read
-            );
-        }
-        part.reject_count += rejected_rows;
-        if part.segment_counts.len() < chunk.segments.len() {
-            part.segment_counts.resize(chunk.segments.len(), (0, 0));
-        }
-        for (count, m) in part.segment_counts.iter_mut().zip(&chunk.segments) {
-            count.0 += m.member_rows.len() as u64;
-            count.1 += m.errors.len() as u64;
-        }
-        part.rows_read += chunk.rows_read;
-        part.next_chunk = chunk.chunk + 1;
+        part.count(&chunk)?;
         if crash_now {
             // Flush what there is, so the crash leaves a real half part.
             if let PartSink::Csv(w) = &mut part.sink {
@@ -687,6 +632,90 @@ fn write_rejects(dir: &Path, progress: &Progress, rejects: &Path) -> anyhow::Res
         .sync_all()?;
     fs::rename(&rejects_tmp, rejects)
         .with_context(|| format!("renaming to {}", rejects.display()))?;
+    Ok(())
+}
+
+/// Every model answered every row, and every member or error row is one of
+/// the chunk's rows.
+fn check_shape(chunk: &Scored) -> anyhow::Result<()> {
+    let n = chunk.ids.len();
+    if chunk
+        .scores
+        .iter()
+        .any(|s| s.scores.len() != n || !(s.cluster_ids.is_empty() || s.cluster_ids.len() == n))
+        || chunk.segments.iter().any(|m| {
+            m.member_rows.iter().any(|&r| r as usize >= n)
+                || m.errors.iter().any(|(r, _)| *r as usize >= n)
+        })
+    {
+        bail!(
+            "chunk {}: the scorer returned a score count that differs from the rows sent",
+            chunk.chunk
+        );
+    }
+    Ok(())
+}
+
+/// A scored chunk as one Arrow record batch, column by column.
+fn record_batch(
+    columns: &[OutputColumn],
+    schema: SchemaRef,
+    chunk: &Scored,
+) -> anyhow::Result<RecordBatch> {
+    let n = chunk.ids.len();
+    let arrays: Vec<ArrayRef> = columns
+        .iter()
+        .map(|c| -> ArrayRef {
+            match c.kind {
+                OutputKind::Id => Arc::new(StringArray::from_iter_values(&chunk.ids)),
+                OutputKind::Score { model } => {
+                    Arc::new(Float32Array::from(chunk.scores[model].scores.clone()))
+                }
+                OutputKind::Cluster { model } => {
+                    Arc::new(UInt32Array::from(chunk.scores[model].cluster_ids.clone()))
+                }
+                OutputKind::Segment { segment } => Arc::new(BooleanArray::from(membership_column(
+                    &chunk.segments[segment],
+                    n,
+                ))),
+            }
+        })
+        .collect();
+    Ok(RecordBatch::try_new(schema, arrays)?)
+}
+
+/// A scored chunk as CSV records, row by row.
+fn write_csv_rows(
+    w: &mut csv::Writer<BufWriter<File>>,
+    columns: &[OutputColumn],
+    chunk: &Scored,
+) -> anyhow::Result<()> {
+    let n = chunk.ids.len();
+    let segments: Vec<Vec<Option<bool>>> = chunk
+        .segments
+        .iter()
+        .map(|m| membership_column(m, n))
+        .collect();
+    let mut record: Vec<String> = Vec::with_capacity(columns.len());
+    // Row-major: each row reads one cell of every column.
+    #[allow(clippy::needless_range_loop)]
+    for row in 0..n {
+        record.clear();
+        for c in columns {
+            record.push(match c.kind {
+                OutputKind::Id => chunk.ids[row].clone(),
+                // Display is the shortest text that parses back to the
+                // same f32.
+                OutputKind::Score { model } => chunk.scores[model].scores[row].to_string(),
+                OutputKind::Cluster { model } => chunk.scores[model].cluster_ids[row].to_string(),
+                OutputKind::Segment { segment } => match segments[segment][row] {
+                    Some(member) => member.to_string(),
+                    None => String::new(),
+                },
+            });
+        }
+        w.write_record(&record)?;
+    }
     Ok(())
 }
 
