@@ -397,6 +397,8 @@ def _fit_parser(sub) -> None:
                          "and report every cutoff's figures in the report and the cards (default 1)")
     ap.add_argument("--backtest-days", type=int, metavar="D",
                     help="days between backtest cutoffs (default: --snapshot-days)")
+    ap.add_argument("--jobs", type=int, metavar="N",
+                    help="processes that train the models side by side (default: one per model, at most one per core)")
     ap.add_argument("--observed-until", metavar="DATE",
                     help="when the data's observation ends (default: the last event); label windows must fit before it")
     ap.add_argument("--features", help="train on these features only (comma-separated, features.toml order kept)")
@@ -435,7 +437,7 @@ def main(argv=None):
                 events=args.events, attributes=args.attributes, cutoff=args.cutoff,
                 repository=args.model_repository, models=tuple(args.models), report_dir=args.report,
                 allow_worse=args.allow_worse, seed=args.seed, snapshots=args.snapshots,
-                snapshot_days=args.snapshot_days, backtest=args.backtest, backtest_days=args.backtest_days,
+                snapshot_days=args.snapshot_days, backtest=args.backtest, backtest_days=args.backtest_days, jobs=args.jobs,
                 feature_names=args.features,
                 observed_until=args.observed_until,
             )
