@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits
 
 import baselines as B
 import derived as D
+import shards as SH
 import features as F
 import train as T
 
@@ -277,6 +278,7 @@ def fit(
     backtest: int = 1,
     backtest_days: int | None = None,
     jobs: int | None = None,
+    shards: int | None = None,
     feature_names: list[str] | None = None,
     observed_until: str | None = None,
     log=print,
@@ -298,17 +300,30 @@ def fit(
         schema = full_schema
     names = [f.name for f in schema]
 
-    ev = F.read_events(events)
+    shards = int(shards) if shards else SH.auto_shards(events)
+    scan = SH.scan(events, shards)
+    try:
+        return _fit_scanned(
+            scan, t0=t0, jobs=jobs, events=events, attributes=attributes, full_schema=full_schema, schema=schema,
+            names=names, cutoff=cutoff, repository=repository, models=models, report_dir=report_dir,
+            allow_worse=allow_worse, seed=seed, snapshots=snapshots, snapshot_days=snapshot_days, backtest=backtest,
+            backtest_days=backtest_days, observed_until=observed_until, log=log)
+    finally:
+        scan.cleanup()
+
+
+def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, names, cutoff, repository, models,
+                 report_dir, allow_worse, seed, snapshots, snapshot_days, backtest, backtest_days, observed_until,
+                 log) -> dict:
     at = F.read_attributes(attributes) if attributes else None
-    sources = [describe_source(events, len(ev))]
+    sources = [describe_source(events, scan.rows)]
     if attributes:
         sources.append(describe_source(attributes, len(at)))
-    counts = ev["event"].value_counts().to_dict()
-    ts = ev["ts"].to_numpy()
-    if not len(ts):
+    counts = scan.counts
+    if not scan.rows:
         raise ValueError(f"{events}: no events")
     cut_us = F._cutoff_us(cutoff)
-    end_us = int(ts.max())
+    end_us = scan.ts_max
     horizon = {m: F.LABEL_WINDOW_DAYS[LABEL_OF[m]] for m in models}
     observed = F._cutoff_us(observed_until) if observed_until else end_us
     for m, days in horizon.items():
@@ -321,18 +336,24 @@ def fit(
             raise ValueError(
                 f"{m}: its label needs events until {_iso(cut_us + days * F.US_PER_DAY)} (cutoff + {days} days), "
                 f"but {events.name} ends at {_iso(observed)}; choose an earlier --cutoff or leave {m} out of --models")
-    if ts.min() >= cut_us:
+    if scan.ts_min >= cut_us:
         raise ValueError(f"{events.name}: no event before the cutoff {cutoff}")
-    log(f"read {len(ev):,} events ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}) "
-        f"for {ev['customer_id'].nunique():,} customers from {events}")
+    log(f"read {scan.rows:,} events ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}) "
+        f"for {scan.customers:,} customers from {events}"
+        + (f" ({scan.shards} customer shards)" if scan.shards > 1 else ""))
 
     # Every cutoff needed: the final one and its training snapshots, and for
     # each backtest k (an earlier final cutoff, k * backtest_days before) its own.
     backtest = max(1, int(backtest))
     backtest_days = int(backtest_days or snapshot_days)
-    offsets = {k * backtest_days + j * snapshot_days for k in range(backtest) for j in range(snapshots + 1)}
-    snaps = build_snapshots(ev, at, cutoff, snapshots, snapshot_days, full_schema, offsets_days=offsets)
-    frame_at = dict(zip(snaps.cutoffs, snaps.frames))
+    offsets = sorted({k * backtest_days + j * snapshot_days for k in range(backtest) for j in range(snapshots + 1)})
+    final_ts = pd.Timestamp(cutoff)
+    final_ts = final_ts.tz_localize("UTC") if final_ts.tzinfo is None else final_ts.tz_convert("UTC")
+    cut_list = [final_ts - pd.Timedelta(days=o) for o in offsets]
+    eval_cuts = [(final_ts - pd.Timedelta(days=k * backtest_days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                 for k in range(backtest)]
+    frame_at, summary_at = SH.build(scan, at, cut_list, eval_cuts, full_schema, log=log)
+    snaps = Snapshots(list(frame_at), list(frame_at.values()))
     final = snaps.frames[0]
 
     def cutoff_at(offset_days: int) -> str:
@@ -377,8 +398,8 @@ def fit(
 
         # BTYD fitted at this cutoff on the training customers' purchases only:
         # the baseline, and the constants of the derived features.
-        summ_v = B.btyd_summary(ev, va["customer_id"], cut)
-        summ_t = B.btyd_summary(ev, fin["customer_id"][~fin["customer_id"].isin(valid_ids)], cut)
+        summ_v = summary_at[cut].loc[va["customer_id"]]
+        summ_t = summary_at[cut].loc[fin["customer_id"][~fin["customer_id"].isin(valid_ids)]]
         btyd = B.BgNbd().fit(summ_t)
         drv = D.Derived(names, {k2: float(btyd.bg.params_[k2]) for k2 in ("r", "alpha", "a", "b")})
         # BG/NBD starts its clock at the first purchase: it says nothing about a
@@ -473,10 +494,10 @@ def fit(
     data_card = {
         "sources": sources,
         "purchases_only": set(counts) <= {"purchase"},
-        "events": int(len(ev)),
+        "events": int(scan.rows),
         "events_by_type": {k: int(v) for k, v in sorted(counts.items())},
         "customers": int(len(final)),
-        "date_range": [_iso(int(ts.min())), _iso(end_us)],
+        "date_range": [_iso(scan.ts_min), _iso(end_us)],
         "observed_until": _iso(observed),
         "cutoff": snaps.cutoffs[0],
         "snapshots": all_cutoffs,
@@ -522,7 +543,7 @@ def fit(
     if report_dir is None and reports:
         Xall = F.to_matrix(F.impute(all_rows, full_schema), schema)
         # The written model's BG/NBD constants: fitted on every customer's purchases before the cutoff.
-        bg_all = B.BgNbd().fit(B.btyd_summary(ev, final["customer_id"], snaps.cutoffs[0]))
+        bg_all = B.BgNbd().fit(summary_at[snaps.cutoffs[0]].loc[final["customer_id"]])
         drv_all = D.Derived(names, {k: float(bg_all.bg.params_[k]) for k in ("r", "alpha", "a", "b")})
     def refit(r: ModelReport):
         return D.WithDerived(drv_all, base_of[r.pick.key].make(seed)).fit(

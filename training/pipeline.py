@@ -399,6 +399,9 @@ def _fit_parser(sub) -> None:
                     help="days between backtest cutoffs (default: --snapshot-days)")
     ap.add_argument("--jobs", type=int, metavar="N",
                     help="processes that train the models side by side (default: one per model, at most one per core)")
+    ap.add_argument("--shards", type=int, metavar="N",
+                    help="read the events in N customer shards so memory is bounded by a shard (default: one shard "
+                         "per 8 M events); the figures do not depend on it")
     ap.add_argument("--observed-until", metavar="DATE",
                     help="when the data's observation ends (default: the last event); label windows must fit before it")
     ap.add_argument("--features", help="train on these features only (comma-separated, features.toml order kept)")
@@ -438,6 +441,7 @@ def main(argv=None):
                 repository=args.model_repository, models=tuple(args.models), report_dir=args.report,
                 allow_worse=args.allow_worse, seed=args.seed, snapshots=args.snapshots,
                 snapshot_days=args.snapshot_days, backtest=args.backtest, backtest_days=args.backtest_days, jobs=args.jobs,
+                shards=args.shards,
                 feature_names=args.features,
                 observed_until=args.observed_until,
             )

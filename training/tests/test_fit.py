@@ -211,3 +211,15 @@ def test_fast_bootstrap_metrics_equal_sklearn():
     assert FIT._logloss_fast(y, p) == pytest.approx(FIT._logloss(y, p), abs=1e-12)
     v = rng.gamma(1.0, 10.0, 500) * (rng.random(500) < 0.5)
     assert FIT._spearman_fast(v, p) == pytest.approx(FIT._spearman(v, p), abs=1e-12)
+
+
+def test_customer_shards_give_the_same_figures(orders, tmp_path):
+    import json
+
+    reports = []
+    for shards in (1, 3):
+        FIT.fit(orders, CUTOFF, None, models=("churn", "ltv"), report_dir=tmp_path / str(shards), snapshots=1,
+                shards=shards, log=lambda *_: None)
+        r = json.loads((tmp_path / str(shards) / "report.json").read_text())
+        reports.append((r["models"], r["data"]["events"], r["data"]["customers"]))
+    assert reports[0] == reports[1]
