@@ -9,10 +9,14 @@ Protocol (what the card's `validation` says):
   final cutoff (each labelled from its own window), so the evaluated model
   has never seen the final cutoff's time period either (time-based and
   customer-held-out validation at once);
-* the candidate (boosting or logistic regression, log1p or Huber LTV) is chosen
-  on an inner split of the training customers, never on the validation ones;
+* the models read the served features plus columns the ONNX graph computes
+  from them (derived.py: inter-purchase ratios, BG/NBD P(alive) and P(quiet));
+  the candidate (histogram boosting or logistic regression) is chosen on an
+  inner split of the training customers, never on the validation ones; LTV is
+  a Poisson-loss boosting model (a mean, so totals are a forecast);
 * every baseline is scored on the same validation rows; the gate compares the
-  model with the best baseline there;
+  model with the best baseline there (classifiers: ROC AUC and log loss);
+* --backtest N repeats all of this at N cutoffs and reports each;
 * the shipped model is then refitted on every customer and every snapshot,
   the final cutoff included.
 """
