@@ -48,7 +48,10 @@ def _batches(path: Path):
         yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=COLUMNS)
     elif path.suffix.lower() == ".csv":
         opts = pacsv.ConvertOptions(include_columns=COLUMNS,
-                                    column_types={c: pa.string() for c in ("customer_id", "timestamp", "event")},
+                                    # typed up front: a streaming reader infers types from its first
+                                    # block, where `amount` may be all empty (no purchase yet)
+                                    column_types={**{c: pa.string() for c in ("customer_id", "timestamp", "event")},
+                                                  "amount": pa.float64()},
                                     strings_can_be_null=True)
         yield from pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=64 << 20), convert_options=opts)
     else:
