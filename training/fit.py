@@ -235,21 +235,6 @@ class Snapshots:
     frames: list[pd.DataFrame]    # features + labels per cutoff
 
 
-def build_snapshots(events, attrs, cutoff, count: int, days: int, schema, offsets_days=None) -> Snapshots:
-    """Frames at `cutoff - k * days` for k = 0..count, or at `cutoff - o` for
-    every o in `offsets_days` (sorted, deduplicated, latest first)."""
-    final = pd.Timestamp(cutoff)
-    final = final.tz_localize("UTC") if final.tzinfo is None else final.tz_convert("UTC")
-    offsets = sorted(set(offsets_days)) if offsets_days is not None else [days * k for k in range(count + 1)]
-    cutoffs = [(final - pd.Timedelta(days=o)) for o in offsets]
-    frames = []
-    for c in cutoffs:
-        df = F.build_features(events, attrs, c, labels=True, schema=schema)
-        df["snapshot"] = c.strftime("%Y-%m-%dT%H:%M:%SZ")
-        frames.append(df)
-    return Snapshots([c.strftime("%Y-%m-%dT%H:%M:%SZ") for c in cutoffs], frames)
-
-
 # --------------------------------------------------------------------------------------
 # the fit
 # --------------------------------------------------------------------------------------
