@@ -60,6 +60,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--snapshots", type=int, default=3)
     ap.add_argument("--snapshot-days", type=int, default=28)
+    ap.add_argument("--backtest", type=int, default=3, help="cutoffs evaluated (default 3: 1997-07-01 and two earlier)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
@@ -67,7 +68,8 @@ def main(argv=None):
         events = work / "cdnow_events.csv"
         to_events(cdnow_master(), events)
         FIT.fit(events=events, cutoff=CUTOFF, repository=None, report_dir=args.report, seed=args.seed,
-                snapshots=args.snapshots, snapshot_days=args.snapshot_days)
+                snapshots=args.snapshots, snapshot_days=args.snapshot_days,
+                backtest=args.backtest)
     print((Path(args.report) / "report.md").read_text())
 
 

@@ -392,6 +392,16 @@ def _fit_parser(sub) -> None:
     ap.add_argument("--snapshots", type=int, default=3,
                     help="earlier cutoffs stacked for training (default 3; 0 = train at the cutoff only)")
     ap.add_argument("--snapshot-days", type=int, default=28, help="days between snapshots (default 28)")
+    ap.add_argument("--backtest", type=int, default=1, metavar="N",
+                    help="evaluate at N cutoffs (the cutoff and N-1 earlier ones), the whole protocol at each, "
+                         "and report every cutoff's figures in the report and the cards (default 1)")
+    ap.add_argument("--backtest-days", type=int, metavar="D",
+                    help="days between backtest cutoffs (default: --snapshot-days)")
+    ap.add_argument("--jobs", type=int, metavar="N",
+                    help="processes that train the models side by side (default: one per model, at most one per core)")
+    ap.add_argument("--shards", type=int, metavar="N",
+                    help="read the events in N customer shards so memory is bounded by a shard (default: one shard "
+                         "per 8 M events); the figures do not depend on it")
     ap.add_argument("--observed-until", metavar="DATE",
                     help="when the data's observation ends (default: the last event); label windows must fit before it")
     ap.add_argument("--features", help="train on these features only (comma-separated, features.toml order kept)")
@@ -430,7 +440,9 @@ def main(argv=None):
                 events=args.events, attributes=args.attributes, cutoff=args.cutoff,
                 repository=args.model_repository, models=tuple(args.models), report_dir=args.report,
                 allow_worse=args.allow_worse, seed=args.seed, snapshots=args.snapshots,
-                snapshot_days=args.snapshot_days, feature_names=args.features,
+                snapshot_days=args.snapshot_days, backtest=args.backtest, backtest_days=args.backtest_days, jobs=args.jobs,
+                shards=args.shards,
+                feature_names=args.features,
                 observed_until=args.observed_until,
             )
         except FIT.GateError as e:

@@ -150,6 +150,22 @@ class Plain:
         return np.maximum(self.model.predict(X), 0.0)
 
 
+@dataclass
+class PoissonMean:
+    """A regressor with a log link and Poisson deviance (HistGradientBoosting
+    `loss="poisson"`): it predicts the mean of a non-negative target, so sums
+    over customers are a revenue forecast without a calibration factor."""
+
+    model: Any
+
+    def fit(self, X, y):
+        self.model.fit(X, y)
+        return self
+
+    def predict(self, X):
+        return self.model.predict(X)
+
+
 def gbr_log(seed: int) -> LogTarget:
     return LogTarget(
         GradientBoostingRegressor(
@@ -206,14 +222,28 @@ def _finish(onx: onnx.ModelProto, name: str, version: int, feature_names: list[s
     return onx.SerializeToString()
 
 
+def _unwrap(model):
+    """(the sklearn estimator, its Derived prefix or None, the name its graph reads)."""
+    derived = getattr(model, "derived", None)
+    if derived is not None:
+        return model.model, derived, "derived_features"
+    return model, None, INPUT_NAME
+
+
 def export_classifier(model, n_features: int, name: str, version: int, feature_names) -> bytes:
+    """A classifier, or a `derived.WithDerived` one: then the graph computes the
+    derived columns from the served `features` first."""
+    model, derived, inner_input = _unwrap(model)
+    width = n_features + (len(derived.names) if derived else 0)
     onx = convert_sklearn(
         model,
         name=f"segscore_{name}",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        initial_types=[(inner_input, FloatTensorType([None, width]))],
         target_opset=TARGET_OPSET,
         options={id(model): {"zipmap": False}},
     )
+    if derived is not None:
+        derived.prepend(onx.graph, inner_input, INPUT_NAME)
     outs = [o.name for o in onx.graph.output]
     if outs != ["label", "probabilities"]:
         raise RuntimeError(f"unexpected classifier outputs {outs}")
@@ -223,17 +253,28 @@ def export_classifier(model, n_features: int, name: str, version: int, feature_n
 def export_regressor(reg, n_features: int, name: str, version: int, feature_names, factor: float = 1.0) -> bytes:
     """Exports a Plain or LogTarget regressor; the output is named `ltv` [N, 1] and is
     the value itself (expm1, the calibration `factor` when not 1, and the clamp at 0
-    are part of the graph)."""
+    are part of the graph). A `PoissonMean` gets the Exp of its log link; a
+    `derived.WithDerived` wrapper puts the derived-feature nodes in front."""
+    est, derived, inner_input = _unwrap(reg)
+    if derived is not None:
+        reg = est
+    width = n_features + (len(derived.names) if derived else 0)
     onx = convert_sklearn(
         reg.model,
         name=f"segscore_{name}",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        initial_types=[(inner_input, FloatTensorType([None, width]))],
         target_opset=TARGET_OPSET,
     )
     g = onx.graph
+    if derived is not None:
+        derived.prepend(g, inner_input, INPUT_NAME)
     (raw,) = [o.name for o in g.output]
     nodes = []
     src = raw
+    if isinstance(reg, PoissonMean):
+        # skl2onnx 1.20 emits HistGradientBoostingRegressor's raw (log-link) score.
+        nodes.append(helper.make_node("Exp", [src], ["ltv_mean"], name="ltv_exp_link"))
+        src = "ltv_mean"
     if isinstance(reg, LogTarget):
         g.initializer.append(numpy_helper.from_array(np.array([1.0], np.float32), "ltv_one"))
         nodes += [

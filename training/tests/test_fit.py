@@ -86,16 +86,69 @@ def test_cards_describe_the_data_given(fitted, orders):
     assert 0 < churn["base_rates"]["churned"] < 1
 
 
-def test_ltv_is_scaled_into_a_mean_inside_the_graph(fitted):
+def test_ltv_is_a_mean_and_the_graph_computes_the_derived_features(fitted):
     import onnx
 
     repo = fitted[0]
     card = load_manifest(repo / "ltv/2")["card"]
-    assert card["calibration_factor"] > 1.0, "a log-target model needs scaling up to be a mean"
     graph = onnx.load(str(repo / "ltv/2/model.onnx")).graph
-    (factor,) = [i for i in graph.initializer if i.name == "ltv_factor"]
-    assert onnx.numpy_helper.to_array(factor)[0] == pytest.approx(card["calibration_factor"], rel=1e-5)
+    ops = [n.op_type for n in graph.node]
+    assert "Exp" in ops, "the Poisson model's log link is applied in the graph"
+    assert [i.name for i in graph.input] == ["features"]
+    assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == 12, "served on the 12 served features"
     assert "sum_ratio" in card["metrics"] and "sum_ratio_ci95" in card["metrics"]
+    for version in ("churn/3", "ltv/2", "propensity/3"):
+        d = load_manifest(repo / version)["card"]["derived_features"]
+        assert d["columns"][:4] == ["recency_over_gap", "purchase_rate", "recency_share", "recent_share"]
+        assert set(d["bgnbd_parameters"]) == {"r", "alpha", "a", "b"}
+        ops = {n.op_type for n in onnx.load(str(repo / version / "model.onnx")).graph.node}
+        assert {"Concat", "Log", "Exp"} <= ops
+
+
+def test_derived_columns_are_bit_identical_in_numpy_and_onnx():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from sklearn.linear_model import LogisticRegression
+
+    import derived as D
+    import features as F
+    import train as T
+
+    names = [f.name for f in F.load_schema()]
+    c = {n: i for i, n in enumerate(names)}
+    rng = np.random.default_rng(0)
+    X = np.zeros((3000, len(names)), np.float32)
+    X[:, c["frequency"]] = rng.poisson(2, 3000)
+    X[:10, c["frequency"]] = 0
+    X[10:20, c["frequency"]] = 5000  # P(alive) underflows to 0 in both
+    X[:, c["tenure_days"]] = rng.uniform(0, 900, 3000)
+    X[:, c["recency_days"]] = X[:, c["tenure_days"]] * rng.uniform(0, 1, 3000).astype(np.float32)
+    X[::7, c["recency_days"]] = 730.0  # the impute value of a customer who never bought
+    X[:, c["purchases_90d"]] = np.minimum(rng.poisson(1, 3000), X[:, c["frequency"]])
+    drv = D.Derived(names, {"r": 0.24, "alpha": 29.4, "a": 0.47, "b": 1.04})
+    y = (rng.random(3000) < 0.3).astype(int)
+    model = D.WithDerived(drv, LogisticRegression(max_iter=500)).fit(X, y)
+    onx = onnx.load_from_string(T.export_classifier(model, len(names), "churn", 1, names))
+    onx.graph.output.append(helper.make_tensor_value_info("derived_features", TensorProto.FLOAT, None))
+    got = ort.InferenceSession(onx.SerializeToString()).run(["derived_features"], {"features": X})[0]
+    want = drv.transform(X)
+    assert got.shape == (3000, len(names) + 7)
+    assert np.array_equal(got, want)
+
+
+def test_backtest_reports_every_cutoff(orders, tmp_path):
+    import json
+
+    FIT.fit(orders, CUTOFF, None, models=("churn",), report_dir=tmp_path, snapshots=1, backtest=3,
+            backtest_days=28, log=lambda *_: None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    cutoffs = [b["cutoff"] for b in report["backtests"]]
+    assert cutoffs == ["2025-01-01T00:00:00Z", "2024-12-04T00:00:00Z", "2024-11-06T00:00:00Z"]
+    for b in report["backtests"]:
+        assert [c["metric"] for c in b["models"]["churn"]["checks"]] == ["roc_auc", "log_loss"]
+    assert report["backtests"][0]["models"]["churn"]["checks"] == report["models"]["churn"]["gate"]["checks"]
+    assert "| 2024-11-06 | churn | roc_auc |" in (tmp_path / "report.md").read_text()
 
 
 def test_the_gate_refuses_a_useless_feature_set(orders, tmp_path):
@@ -158,3 +211,15 @@ def test_fast_bootstrap_metrics_equal_sklearn():
     assert FIT._logloss_fast(y, p) == pytest.approx(FIT._logloss(y, p), abs=1e-12)
     v = rng.gamma(1.0, 10.0, 500) * (rng.random(500) < 0.5)
     assert FIT._spearman_fast(v, p) == pytest.approx(FIT._spearman(v, p), abs=1e-12)
+
+
+def test_customer_shards_give_the_same_figures(orders, tmp_path):
+    import json
+
+    reports = []
+    for shards in (1, 3):
+        FIT.fit(orders, CUTOFF, None, models=("churn", "ltv"), report_dir=tmp_path / str(shards), snapshots=1,
+                shards=shards, log=lambda *_: None)
+        r = json.loads((tmp_path / str(shards) / "report.json").read_text())
+        reports.append((r["models"], r["data"]["events"], r["data"]["customers"]))
+    assert reports[0] == reports[1]
