@@ -50,8 +50,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => rt.block_on(async {
             tracing::info!(config = ?args, "starting");
+            // Installed first: a SIGTERM during start-up drains, not kills.
+            let shutdown = shutdown_signal();
             let app = Application::build(args).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            app.run_until_stopped(shutdown).await
         }),
         Command::Score(args) => rt.block_on(async {
             let s = bulk::run(args).await?;
