@@ -26,7 +26,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{worker, Backend, ScoreError};
+use super::{worker, Backend, InferStats, ScoreError};
 use crate::metrics::VersionMetrics;
 
 /// How one model version batches.
@@ -76,6 +76,8 @@ struct Shared {
     notify: Notify,
     config: BatcherConfig,
     metrics: Option<VersionMetrics>,
+    /// What ModelStatistics reports; the workers add to it.
+    stats: Arc<InferStats>,
 }
 
 impl Shared {
@@ -108,14 +110,22 @@ impl Batcher {
         })?;
         let (tx, rx) = crossbeam_channel::unbounded::<Batch>();
         let permits = Arc::new(Semaphore::new(backends.len().max(1)));
+        let stats = Arc::new(InferStats::default());
         for (i, backend) in backends.into_iter().enumerate() {
-            worker::spawn(format!("{name}-w{i}"), backend, rx.clone(), metrics.clone())?;
+            worker::spawn(
+                format!("{name}-w{i}"),
+                backend,
+                rx.clone(),
+                metrics.clone(),
+                stats.clone(),
+            )?;
         }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             config,
             metrics,
+            stats,
         });
         handle.spawn(batcher_task(shared.clone(), permits, move |batch| {
             tx.send(batch).is_ok()
@@ -136,6 +146,7 @@ impl Batcher {
             notify: Notify::new(),
             config,
             metrics: None,
+            stats: Arc::default(),
         });
         tokio::spawn(batcher_task(
             shared.clone(),
@@ -143,6 +154,11 @@ impl Batcher {
             sink,
         ));
         Self { shared }
+    }
+
+    /// This version's cumulative statistics (Triton's ModelStatistics).
+    pub fn stats(&self) -> &InferStats {
+        &self.shared.stats
     }
 
     /// Holds `chunks` queue slots for one request, or refuses it whole when
@@ -331,6 +347,7 @@ pub(crate) fn run_batch(
     backend: &mut dyn Backend,
     entries: Vec<Entry>,
     metrics: Option<&VersionMetrics>,
+    stats: &InferStats,
 ) {
     // A caller may have gone away while the batch waited for this worker.
     let entries: Vec<Entry> = entries
@@ -356,9 +373,11 @@ pub(crate) fn run_batch(
     let width = backend.outputs_per_row().max(1);
     match result {
         Ok(scores) if scores.len() == total * width => {
+            let compute = started.elapsed();
+            stats.batch(entries.iter().map(|e| started - e.enqueued), compute, total);
             if let Some(m) = metrics {
                 let waits = entries.iter().map(|e| started - e.enqueued);
-                m.batch(waits, started.elapsed(), total, &scores);
+                m.batch(waits, compute, total, &scores);
             }
             let mut offset = 0;
             for entry in entries {
@@ -609,7 +628,7 @@ mod tests {
                 }
             })
             .collect();
-        run_batch(&mut Echo, entries, None);
+        run_batch(&mut Echo, entries, None, &InferStats::default());
         for (i, mut rx) in receivers.into_iter().enumerate() {
             let got = rx.try_recv().unwrap().unwrap();
             let want: Vec<f32> = (0..=i).map(|r| (i * 10 + r) as f32).collect();

@@ -7,13 +7,15 @@ use std::{
     thread,
 };
 
+use std::sync::Arc;
+
 use crossbeam_channel::Receiver;
 
 use crate::metrics::VersionMetrics;
 
 use super::{
     batcher::{run_batch, Batch},
-    Backend,
+    Backend, InferStats,
 };
 
 /// Starts a thread named `name` that scores batches from `batches` with
@@ -24,6 +26,7 @@ pub(crate) fn spawn(
     mut backend: Box<dyn Backend>,
     batches: Receiver<Batch>,
     metrics: Option<VersionMetrics>,
+    stats: Arc<InferStats>,
 ) -> std::io::Result<()> {
     thread::Builder::new().name(name).spawn(move || {
         while let Ok(batch) = batches.recv() {
@@ -31,7 +34,7 @@ pub(crate) fn spawn(
             // Entries move into run_batch; if it panics, their reply senders
             // are dropped, so callers see the worker failure instead of hanging.
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                run_batch(backend.as_mut(), entries, metrics.as_ref())
+                run_batch(backend.as_mut(), entries, metrics.as_ref(), &stats)
             }));
         }
     })?;
