@@ -440,13 +440,27 @@ fn tensor(name: &str, datatype: &str, rows: usize) -> oip::model_infer_response:
     }
 }
 
+/// The gRPC services grpc.health.v1 reports by name besides "" (the
+/// server): a client or load balancer may probe the API it uses, as with any
+/// gRPC server, and gets what "" gets.
+pub const HEALTH_SERVICES: [&str; 2] = [
+    crate::proto::pb::scoring_server::SERVICE_NAME,
+    oip::grpc_inference_service_server::SERVICE_NAME,
+];
+
 /// Keeps grpc.health.v1 in step with the repository: one entry per model name
 /// (SERVING when it has a serving version, NOT_SERVING otherwise or once
-/// removed) plus "" for the server. Runs until the lifecycle goes away.
-pub async fn health_task(lifecycle: Arc<Lifecycle>, health: HealthReporter) {
+/// removed) plus "" and [`HEALTH_SERVICES`] for the server, NOT_SERVING once
+/// `draining` turns true. Runs until then, or until the lifecycle goes away.
+pub async fn health_task(
+    lifecycle: Arc<Lifecycle>,
+    health: HealthReporter,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) {
     let mut changes = lifecycle.subscribe();
     let mut published: BTreeSet<String> = BTreeSet::new();
     loop {
+        let stopping = *draining.borrow_and_update();
         let repository = lifecycle.repository().load_full();
         let mut now = BTreeSet::new();
         for (name, entry) in repository.models() {
@@ -464,9 +478,22 @@ pub async fn health_task(lifecycle: Arc<Lifecycle>, health: HealthReporter) {
                 .await;
         }
         published = now;
-        health.set_service_status("", ServingStatus::Serving).await;
-        if changes.changed().await.is_err() {
+        let server = if stopping {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        for service in std::iter::once("").chain(HEALTH_SERVICES) {
+            health.set_service_status(service, server).await;
+        }
+        if stopping {
+            // Nothing may turn the server SERVING again while it drains.
             return;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            // A dropped sender means the server is gone: nothing to report.
+            changed = draining.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -477,7 +477,14 @@ async fn health_follows_model_load_and_unload_and_watch_sees_it() {
     let check = |service: &str| HealthCheckRequest {
         service: service.into(),
     };
-    for service in ["", "churn", "ltv", "propensity"] {
+    for service in [
+        "",
+        "segscore.v1.Scoring",
+        "inference.GRPCInferenceService",
+        "churn",
+        "ltv",
+        "propensity",
+    ] {
         let status = health
             .check(check(service))
             .await
@@ -564,6 +571,40 @@ async fn health_follows_model_load_and_unload_and_watch_sees_it() {
     // An open Watch stream would hold graceful shutdown until its timeout.
     drop((watch, health, c));
     app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_turns_the_service_names_not_serving() {
+    let mut app = spawn_app().await;
+    let channel = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watches = Vec::new();
+    for service in ["", "segscore.v1.Scoring", "inference.GRPCInferenceService"] {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let mut watch = health.watch(request).await.unwrap().into_inner();
+        assert_eq!(
+            watch.message().await.unwrap().unwrap().status,
+            ServingStatus::Serving as i32,
+            "{service}"
+        );
+        watches.push(watch);
+    }
+    app.trigger_shutdown();
+    for watch in &mut watches {
+        assert_eq!(
+            watch.message().await.unwrap().unwrap().status,
+            ServingStatus::NotServing as i32
+        );
+    }
+    // Open Watch streams would hold graceful shutdown until its timeout.
+    drop((watches, health));
+    app.handle.take().unwrap().await.unwrap().unwrap();
 }
 
 /// The serving versions the repository holds, as (name, version) strings.

@@ -144,6 +144,8 @@ def test_grpc_health_v1(server):
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         assert check(b"") == b"\x08\x01"
         assert check(b"\n\x05churn") == b"\x08\x01"
+        for service in (b"segscore.v1.Scoring", b"inference.GRPCInferenceService"):
+            assert check(b"\n" + bytes([len(service)]) + service) == b"\x08\x01"
         with pytest.raises(grpc.RpcError) as err:
             check(b"\n\x04nope")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
