@@ -9,6 +9,11 @@
 //! features), as tabular clients send columns. Either way the tensors become a
 //! [`FeatureBatch`] and go through the same validation, imputation and batcher
 //! as `Score`.
+//!
+//! Triton's extensions that its clients and perf_analyzer need are here too:
+//! ModelConfig (a config built from the same tensors as ModelMetadata),
+//! ModelStatistics (the engine's per-version counters) and RepositoryIndex;
+//! ModelReady answers false, never NOT_FOUND, for what is not serving.
 
 use std::{
     collections::{BTreeSet, HashMap},
