@@ -17,7 +17,7 @@ CUSTOMERS ?= 50000
 # Where `make run` listens.
 ADDR ?= 127.0.0.1:50051
 
-.PHONY: run test test-stress build venv lint models validate bench bench-bulk bulk-data clean deploy-check
+.PHONY: run test test-stress build venv perf-analyzer lint models validate bench bench-bulk bulk-data clean deploy-check
 
 # The venv carries the pinned onnxruntime wheel, whose libonnxruntime.so the
 # server loads (ort load-dynamic), plus the training pipeline's dependencies.
@@ -34,13 +34,32 @@ $(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS) $(VENV_STAMP)
 	$(VENV)/bin/pip install --disable-pip-version-check --quiet -r $(DEPLOY_REQUIREMENTS)
 	touch $@
 
+# Triton's perf_analyzer for tests/oip/test_perf_analyzer.py. tritonclient
+# 2.73 (the venv's client) no longer ships the binary and the PyPI
+# perf-analyzer project offers only a placeholder here, so it comes from the
+# last tritonclient wheel that bundles it, kept apart in its own --target
+# directory, with the libcudart.so.12 it is linked against (PyPI's CUDA
+# runtime wheel; no GPU is used) and Debian's libb64-0d.
+PERF_ANALYZER := $(VENV)/perf-analyzer/bin/perf_analyzer
+LIBB64 := /usr/lib/x86_64-linux-gnu/libb64.so.0d
+$(LIBB64):
+	$(SUDO) apt-get install -y --no-install-recommends libb64-0d \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends libb64-0d; }
+
+$(PERF_ANALYZER): $(VENV_STAMP) | $(LIBB64)
+	$(VENV)/bin/pip install --disable-pip-version-check --quiet --no-deps \
+		--target $(VENV)/perf-analyzer tritonclient==2.40.0 nvidia-cuda-runtime-cu12==12.9.79
+	touch $@
+
+perf-analyzer: $(PERF_ANALYZER)
+
 build: venv
 	$(CARGO) build --release --locked
 
 run: build
 	$(BIN) serve --model-repository models --segments segments.toml --addr $(ADDR)
 
-test: venv lint
+test: venv perf-analyzer lint
 	$(VENV)/bin/python -m pytest training/tests -q
 	$(CARGO) test --release --locked
 	# An unmodified standard client (tritonclient) against the release binary

@@ -13,7 +13,7 @@ use crate::{
     api::{
         admin::AdminService,
         gate::RequestGate,
-        inference::{health_task, InferenceService},
+        inference::{health_task, InferenceService, HEALTH_SERVICES},
         scoring::ScoringService,
     },
     config::ServeArgs,
@@ -140,9 +140,9 @@ impl Application {
         let lifecycle = Lifecycle::new(self.repository.clone(), registry.clone());
         // Told when draining starts (below), so open streams end promptly.
         let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
-        let services = self.services(&lifecycle, registry.clone(), draining_rx)?;
+        let services = self.services(&lifecycle, registry.clone(), draining_rx.clone())?;
         let metrics = self.metrics.take();
-        let background = self.spawn_background(&lifecycle, &health, metrics)?;
+        let background = self.spawn_background(&lifecycle, &health, metrics, draining_rx)?;
         let (reflection_v1, reflection_v1alpha) = reflection()?;
         info!(
             %addr,
@@ -158,9 +158,11 @@ impl Application {
             shutdown.await;
             info!("shutdown requested: draining in-flight requests");
             // Load balancers probing health stop sending new work first.
-            draining
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            for service in std::iter::once("").chain(HEALTH_SERVICES) {
+                draining
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             let _ = draining_tx.send(true);
             let _ = stopping_tx.send(());
         };
@@ -246,9 +248,14 @@ impl Application {
         lifecycle: &Arc<Lifecycle>,
         health: &tonic_health::server::HealthReporter,
         metrics: Option<(Arc<Metrics>, TcpListener)>,
+        draining: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
         let registry = metrics.as_ref().map(|(m, _)| m.clone());
-        let mut background = vec![tokio::spawn(health_task(lifecycle.clone(), health.clone()))];
+        let mut background = vec![tokio::spawn(health_task(
+            lifecycle.clone(),
+            health.clone(),
+            draining,
+        ))];
         if let Some((registry, listener)) = metrics {
             info!(addr = %listener.local_addr()?, "metrics on /metrics");
             background.push(tokio::spawn(async move {

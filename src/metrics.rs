@@ -198,7 +198,18 @@ impl Metrics {
             )
             .expect("static metric definitions are valid; this is a bug"),
         };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        // Which build is running, as a label on a constant 1 (the Prometheus
+        // convention: join it onto other series, alert on mixed versions).
+        let build_info = gauge(
+            "segscore_build_info",
+            "The running segscore build (always 1; the version is the label)",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(build_info),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
             Box::new(m.model_request_duration.clone()),
@@ -219,6 +230,13 @@ impl Metrics {
             Box::new(m.allocator_allocated.clone()),
             Box::new(m.allocator_resident.clone()),
         ];
+        // process_* (resident and virtual memory, CPU seconds, open and max
+        // fds, start time, threads) from /proc, the standard names every
+        // dashboard and alert expects; read at scrape time only.
+        #[cfg(target_os = "linux")]
+        collectors.push(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         for c in collectors {
             m.registry
                 .register(c)

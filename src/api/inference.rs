@@ -9,6 +9,11 @@
 //! features), as tabular clients send columns. Either way the tensors become a
 //! [`FeatureBatch`] and go through the same validation, imputation and batcher
 //! as `Score`.
+//!
+//! Triton's extensions that its clients and perf_analyzer need are here too:
+//! ModelConfig (a config built from the same tensors as ModelMetadata),
+//! ModelStatistics (the engine's per-version counters) and RepositoryIndex;
+//! ModelReady answers false, never NOT_FOUND, for what is not serving.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -29,7 +34,7 @@ use crate::{
     repository::{
         lifecycle::Lifecycle,
         manifest::{GraphDtype, GraphInput},
-        Format, LoadedModel, ResolveError, SharedRepository, Task,
+        Format, LoadedModel, ResolveError, SharedRepository, Task, VersionStatus,
     },
 };
 
@@ -69,6 +74,172 @@ fn integer_labels(model: &LoadedModel) -> bool {
 }
 /// The single matrix input every model exposes over OIP.
 const INPUT: &str = "features";
+
+/// The Triton extensions ServerMetadata advertises: those implemented here.
+const EXTENSIONS: &[&str] = &["model_repository", "model_configuration", "statistics"];
+
+/// (platform, backend) as Triton names them in ModelMetadata and ModelConfig.
+fn platform(model: &LoadedModel) -> (&'static str, &'static str) {
+    match model.manifest.format {
+        Format::Onnx => ("onnxruntime_onnx", "onnxruntime"),
+        Format::Smartcore => ("smartcore", "smartcore"),
+    }
+}
+
+/// An output's OIP datatype and shape (batch dimension first, -1).
+fn output_tensor(model: &LoadedModel, name: &str, classes: i64) -> (&'static str, Vec<i64>) {
+    match name {
+        CLUSTER_OUTPUT => ("UINT32", vec![-1]),
+        PROBABILITIES_OUTPUT => ("FP32", vec![-1, classes]),
+        LABEL_OUTPUT if integer_labels(model) => ("INT64", vec![-1]),
+        LABEL_OUTPUT => ("BYTES", vec![-1]),
+        _ => ("FP32", vec![-1]),
+    }
+}
+
+/// Triton's config `DataType` of an OIP datatype.
+fn config_dtype(datatype: &str) -> Result<oip::DataType, ApiError> {
+    Ok(match datatype {
+        "FP32" => oip::DataType::TypeFp32,
+        "FP64" => oip::DataType::TypeFp64,
+        "INT64" => oip::DataType::TypeInt64,
+        "UINT32" => oip::DataType::TypeUint32,
+        "BYTES" => oip::DataType::TypeString,
+        other => {
+            return Err(ApiError::Internal(format!(
+                "no model config data type for `{other}`"
+            )))
+        }
+    })
+}
+
+/// Triton's dims and reshape of a tensor whose shape starts with the batch
+/// dimension: the batch is implied by max_batch_size, and a tensor of one
+/// value per row is `dims: [1]` reshaped to `[]`, as Triton writes it.
+fn config_dims(shape: &[i64]) -> (Vec<i64>, Option<oip::ModelTensorReshape>) {
+    match shape.get(1..) {
+        Some(rest) if !rest.is_empty() => (rest.to_vec(), None),
+        _ => (vec![1], Some(oip::ModelTensorReshape { shape: Vec::new() })),
+    }
+}
+
+/// A Triton-compatible model configuration: the same inputs and outputs as
+/// ModelMetadata, and the request row cap as max_batch_size (larger requests
+/// are refused; smaller ones are split into batches by the server).
+fn model_config(model: &LoadedModel, max_rows: usize) -> Result<oip::ModelConfig, ApiError> {
+    let (platform, backend) = platform(model);
+    let input = input_metadata(model)
+        .into_iter()
+        .map(|t| {
+            let (dims, reshape) = config_dims(&t.shape);
+            Ok(oip::ModelInput {
+                name: t.name,
+                data_type: config_dtype(&t.datatype)? as i32,
+                dims,
+                reshape,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    let classes = model.manifest.classes.len() as i64;
+    let output = output_names(model)
+        .iter()
+        .map(|&name| {
+            let (datatype, shape) = output_tensor(model, name, classes);
+            let (dims, reshape) = config_dims(&shape);
+            Ok(oip::ModelOutput {
+                name: name.into(),
+                data_type: config_dtype(datatype)? as i32,
+                dims,
+                reshape,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(oip::ModelConfig {
+        name: model.name().into(),
+        platform: platform.into(),
+        backend: backend.into(),
+        max_batch_size: i32::try_from(max_rows).unwrap_or(i32::MAX),
+        input,
+        output,
+    })
+}
+
+/// One serving version's ModelStatistics entry. segscore has no input and
+/// output stages on the worker apart from the model call (encoding happens
+/// before queueing), so compute_input and compute_output count every call
+/// with 0 ns: perf_analyzer refuses statistics whose three compute counts
+/// differ ("Server side statistics compute counts must be the same").
+fn statistics(model: &LoadedModel) -> oip::ModelStatistics {
+    let stats = model.stats();
+    let duration = |(count, ns): (u64, u64)| Some(oip::StatisticDuration { count, ns });
+    let compute = stats.compute.get();
+    oip::ModelStatistics {
+        name: model.name().into(),
+        version: model.version().to_string(),
+        last_inference: stats.last_inference_ms(),
+        inference_count: stats.inferences(),
+        execution_count: stats.executions(),
+        inference_stats: Some(oip::InferStatistics {
+            success: duration(stats.success.get()),
+            fail: duration(stats.fail.get()),
+            queue: duration(stats.queue.get()),
+            compute_input: duration((compute.0, 0)),
+            compute_infer: duration(compute),
+            compute_output: duration((compute.0, 0)),
+            cache_hit: duration((0, 0)),
+            cache_miss: duration((0, 0)),
+        }),
+        batch_stats: Vec::new(),
+    }
+}
+
+/// Every model and version the way Triton's repository index lists them:
+/// READY (serving), LOADING (in the validation gate), UNLOADING (draining),
+/// UNAVAILABLE with the reason (failed validation, retired, or the whole
+/// model unloaded on request, which has no version).
+fn repository_index(
+    repository: &crate::repository::Repository,
+) -> Vec<oip::repository_index_response::ModelIndex> {
+    use crate::proto::pb::VersionState;
+    use oip::repository_index_response::ModelIndex;
+    let mut index: Vec<ModelIndex> = super::models::model_infos(repository)
+        .into_iter()
+        .flat_map(|info| {
+            let name = info.name;
+            info.versions.into_iter().map(move |v| {
+                let (state, reason) = match VersionState::try_from(v.state) {
+                    Ok(VersionState::Serving) => ("READY", String::new()),
+                    Ok(VersionState::Loading | VersionState::Validating) => {
+                        ("LOADING", String::new())
+                    }
+                    Ok(VersionState::Draining) => ("UNLOADING", String::new()),
+                    Ok(VersionState::Retired) => ("UNAVAILABLE", "unloaded".to_string()),
+                    Ok(VersionState::Failed | VersionState::Unspecified) | Err(_) => {
+                        ("UNAVAILABLE", v.reason)
+                    }
+                };
+                ModelIndex {
+                    name: name.clone(),
+                    version: v.version.to_string(),
+                    state: state.into(),
+                    reason,
+                }
+            })
+        })
+        .collect();
+    for name in repository.unloaded() {
+        if !index.iter().any(|m| &m.name == name) {
+            index.push(ModelIndex {
+                name: name.clone(),
+                version: String::new(),
+                state: "UNAVAILABLE".into(),
+                reason: "unloaded".into(),
+            });
+        }
+    }
+    index.sort_by(|a, b| a.name.cmp(&b.name));
+    index
+}
 
 #[derive(Clone)]
 pub struct InferenceService {
@@ -274,13 +445,27 @@ fn tensor(name: &str, datatype: &str, rows: usize) -> oip::model_infer_response:
     }
 }
 
+/// The gRPC services grpc.health.v1 reports by name besides "" (the
+/// server): a client or load balancer may probe the API it uses, as with any
+/// gRPC server, and gets what "" gets.
+pub const HEALTH_SERVICES: [&str; 2] = [
+    crate::proto::pb::scoring_server::SERVICE_NAME,
+    oip::grpc_inference_service_server::SERVICE_NAME,
+];
+
 /// Keeps grpc.health.v1 in step with the repository: one entry per model name
 /// (SERVING when it has a serving version, NOT_SERVING otherwise or once
-/// removed) plus "" for the server. Runs until the lifecycle goes away.
-pub async fn health_task(lifecycle: Arc<Lifecycle>, health: HealthReporter) {
+/// removed) plus "" and [`HEALTH_SERVICES`] for the server, NOT_SERVING once
+/// `draining` turns true. Runs until then, or until the lifecycle goes away.
+pub async fn health_task(
+    lifecycle: Arc<Lifecycle>,
+    health: HealthReporter,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) {
     let mut changes = lifecycle.subscribe();
     let mut published: BTreeSet<String> = BTreeSet::new();
     loop {
+        let stopping = *draining.borrow_and_update();
         let repository = lifecycle.repository().load_full();
         let mut now = BTreeSet::new();
         for (name, entry) in repository.models() {
@@ -298,9 +483,22 @@ pub async fn health_task(lifecycle: Arc<Lifecycle>, health: HealthReporter) {
                 .await;
         }
         published = now;
-        health.set_service_status("", ServingStatus::Serving).await;
-        if changes.changed().await.is_err() {
+        let server = if stopping {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        for service in std::iter::once("").chain(HEALTH_SERVICES) {
+            health.set_service_status(service, server).await;
+        }
+        if stopping {
+            // Nothing may turn the server SERVING again while it drains.
             return;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            // A dropped sender means the server is gone: nothing to report.
+            changed = draining.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -803,11 +1001,14 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
     ) -> Result<Response<oip::ModelReadyResponse>, Status> {
         let req = request.into_inner();
         let version = parse_version(&req.version)?;
-        let repository = self.repository().load();
-        if !repository.models().contains_key(&req.name) {
-            return Err(ApiError::Resolve(ResolveError::UnknownModel(req.name)).into());
-        }
-        let ready = repository.resolve(&req.name, version, "").is_ok();
+        // An unknown, unloaded or failed model is simply not ready: Triton
+        // answers ready=false, never NOT_FOUND, and readiness probes and
+        // perf_analyzer rely on that.
+        let ready = self
+            .repository()
+            .load()
+            .resolve(&req.name, version, "")
+            .is_ok();
         Ok(Response::new(oip::ModelReadyResponse { ready }))
     }
 
@@ -818,7 +1019,9 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         Ok(Response::new(oip::ServerMetadataResponse {
             name: "segscore".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["model_repository".into()],
+            // Triton's names for what this server implements, no more:
+            // clients pick code paths by them.
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         }))
     }
 
@@ -838,10 +1041,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
             .filter(|(_, s)| matches!(s, crate::repository::VersionStatus::Serving(_)))
             .map(|(v, _)| v.to_string())
             .collect();
-        let platform = match model.manifest.format {
-            Format::Onnx => "onnxruntime_onnx",
-            Format::Smartcore => "smartcore",
-        };
+        let platform = platform(&model).0;
         use oip::model_metadata_response::TensorMetadata;
         let classes = model.manifest.classes.len() as i64;
         Ok(Response::new(oip::ModelMetadataResponse {
@@ -852,13 +1052,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
             outputs: output_names(&model)
                 .iter()
                 .map(|&name| {
-                    let (datatype, shape) = match name {
-                        CLUSTER_OUTPUT => ("UINT32", vec![-1]),
-                        PROBABILITIES_OUTPUT => ("FP32", vec![-1, classes]),
-                        LABEL_OUTPUT if integer_labels(&model) => ("INT64", vec![-1]),
-                        LABEL_OUTPUT => ("BYTES", vec![-1]),
-                        _ => ("FP32", vec![-1]),
-                    };
+                    let (datatype, shape) = output_tensor(&model, name, classes);
                     TensorMetadata {
                         name: name.into(),
                         datatype: datatype.into(),
@@ -910,6 +1104,73 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
             }
         }
         Ok(Response::new(result?))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<oip::ModelConfigRequest>,
+    ) -> Result<Response<oip::ModelConfigResponse>, Status> {
+        let req = request.into_inner();
+        let version = parse_version(&req.version)?;
+        let model = self
+            .repository()
+            .load()
+            .resolve(&req.name, version, "")
+            .map_err(ApiError::from)?;
+        let config = model_config(&model, self.scorer.max_rows())?;
+        Ok(Response::new(oip::ModelConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<oip::ModelStatisticsRequest>,
+    ) -> Result<Response<oip::ModelStatisticsResponse>, Status> {
+        let req = request.into_inner();
+        let version = parse_version(&req.version)?;
+        let repository = self.repository().load();
+        let mut model_stats = Vec::new();
+        if req.name.is_empty() {
+            // Every serving version of every model, as Triton answers an
+            // empty name.
+            for entry in repository.models().values() {
+                for status in entry.versions.values() {
+                    if let VersionStatus::Serving(model) = status {
+                        model_stats.push(statistics(model));
+                    }
+                }
+            }
+        } else if version == 0 {
+            let entry = repository
+                .models()
+                .get(&req.name)
+                .ok_or_else(|| ApiError::Resolve(ResolveError::UnknownModel(req.name.clone())))?;
+            for status in entry.versions.values() {
+                if let VersionStatus::Serving(model) = status {
+                    model_stats.push(statistics(model));
+                }
+            }
+        } else {
+            let model = repository
+                .resolve(&req.name, version, "")
+                .map_err(ApiError::from)?;
+            model_stats.push(statistics(&model));
+        }
+        Ok(Response::new(oip::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<oip::RepositoryIndexRequest>,
+    ) -> Result<Response<oip::RepositoryIndexResponse>, Status> {
+        let req = request.into_inner();
+        let repository = self.repository().load();
+        let mut models = repository_index(&repository);
+        if req.ready {
+            models.retain(|m| m.state == "READY");
+        }
+        Ok(Response::new(oip::RepositoryIndexResponse { models }))
     }
 
     async fn repository_model_load(

@@ -33,7 +33,7 @@ use tokio::{
 pub use super::worker::Reply;
 use super::{
     worker::{self, Batch, Entry},
-    Backend, ScoreError,
+    Backend, InferStats, ScoreError,
 };
 use crate::metrics::VersionMetrics;
 
@@ -66,6 +66,8 @@ struct Shared {
     notify: Notify,
     config: BatcherConfig,
     metrics: Option<VersionMetrics>,
+    /// What ModelStatistics reports; the workers add to it.
+    stats: Arc<InferStats>,
 }
 
 impl Shared {
@@ -98,14 +100,22 @@ impl Batcher {
         })?;
         let (tx, rx) = crossbeam_channel::unbounded::<Batch>();
         let permits = Arc::new(Semaphore::new(backends.len().max(1)));
+        let stats = Arc::new(InferStats::default());
         for (i, backend) in backends.into_iter().enumerate() {
-            worker::spawn(format!("{name}-w{i}"), backend, rx.clone(), metrics.clone())?;
+            worker::spawn(
+                format!("{name}-w{i}"),
+                backend,
+                rx.clone(),
+                metrics.clone(),
+                stats.clone(),
+            )?;
         }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             config,
             metrics,
+            stats,
         });
         handle.spawn(batcher_task(shared.clone(), permits, move |batch| {
             tx.send(batch).is_ok()
@@ -126,6 +136,7 @@ impl Batcher {
             notify: Notify::new(),
             config,
             metrics: None,
+            stats: Arc::default(),
         });
         tokio::spawn(batcher_task(
             shared.clone(),
@@ -133,6 +144,11 @@ impl Batcher {
             sink,
         ));
         Self { shared }
+    }
+
+    /// This version's cumulative statistics (Triton's ModelStatistics).
+    pub fn stats(&self) -> &InferStats {
+        &self.shared.stats
     }
 
     /// Holds `chunks` queue slots for one request, or refuses it whole when

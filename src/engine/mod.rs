@@ -8,6 +8,7 @@
 pub mod batcher;
 pub mod onnx;
 pub mod smartcore;
+pub mod stats;
 mod worker;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use ndarray::ArrayView2;
 
 pub use batcher::{Batcher, BatcherConfig, Reservation};
+pub use stats::InferStats;
 
 /// Why an accepted chunk produced no scores.
 #[derive(Debug, Clone, thiserror::Error)]

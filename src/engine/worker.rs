@@ -9,6 +9,7 @@
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
+    sync::Arc,
     thread,
 };
 
@@ -19,7 +20,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Backend, BackendError, ScoreError};
+use super::{Backend, BackendError, InferStats, ScoreError};
 use crate::metrics::VersionMetrics;
 
 /// The scores of one chunk, or why there are none.
@@ -48,6 +49,7 @@ pub(crate) fn spawn(
     mut backend: Box<dyn Backend>,
     batches: Receiver<Batch>,
     metrics: Option<VersionMetrics>,
+    stats: Arc<InferStats>,
 ) -> std::io::Result<()> {
     thread::Builder::new().name(name).spawn(move || {
         while let Ok(batch) = batches.recv() {
@@ -55,7 +57,7 @@ pub(crate) fn spawn(
             // Entries move into run_batch; if it panics, their reply senders
             // are dropped, so callers see the worker failure instead of hanging.
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                run_batch(backend.as_mut(), entries, metrics.as_ref())
+                run_batch(backend.as_mut(), entries, metrics.as_ref(), &stats)
             }));
         }
     })?;
@@ -63,7 +65,12 @@ pub(crate) fn spawn(
 }
 
 /// Runs one batch on `backend` and answers every entry with its own rows.
-fn run_batch(backend: &mut dyn Backend, entries: Vec<Entry>, metrics: Option<&VersionMetrics>) {
+fn run_batch(
+    backend: &mut dyn Backend,
+    entries: Vec<Entry>,
+    metrics: Option<&VersionMetrics>,
+    stats: &InferStats,
+) {
     // A caller may have gone away while the batch waited for this worker.
     let entries: Vec<Entry> = entries
         .into_iter()
@@ -88,9 +95,11 @@ fn run_batch(backend: &mut dyn Backend, entries: Vec<Entry>, metrics: Option<&Ve
     let width = backend.outputs_per_row().max(1);
     match result {
         Ok(scores) if scores.len() == total * width => {
+            let compute = started.elapsed();
+            stats.batch(entries.iter().map(|e| started - e.enqueued), compute, total);
             if let Some(m) = metrics {
                 let waits = entries.iter().map(|e| started - e.enqueued);
-                m.batch(waits, started.elapsed(), total, &scores);
+                m.batch(waits, compute, total, &scores);
             }
             let mut offset = 0;
             for entry in entries {
@@ -145,7 +154,7 @@ mod tests {
                 }
             })
             .collect();
-        run_batch(&mut Echo, entries, None);
+        run_batch(&mut Echo, entries, None, &InferStats::default());
         for (i, mut rx) in receivers.into_iter().enumerate() {
             let got = rx.try_recv().unwrap().unwrap();
             let want: Vec<f32> = (0..=i).map(|r| (i * 10 + r) as f32).collect();

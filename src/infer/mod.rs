@@ -195,6 +195,7 @@ impl Scorer {
             entity_ids,
             features,
         } = request;
+        let started = std::time::Instant::now();
         if models.is_empty() && names.is_empty() {
             return Err(ApiError::InvalidArgument(
                 "the request names no models (set `models`)".into(),
@@ -218,6 +219,14 @@ impl Scorer {
             )));
         }
         let admitted = self.admit(&models, declared, &entity_ids)?;
+        // From here on the request counts for each version it reached, as a
+        // failure unless it gets to the end (an early return or a caller
+        // that went away drops the guard).
+        let outcome = Outcome {
+            versions: admitted.iter().flat_map(Admitted::versions).collect(),
+            started,
+            ok: false,
+        };
         // Every model has queue room for the request: only now are its rows
         // converted and encoded (the expensive part of a huge request).
         let batch = features.into_batch(admitted.first().map(Admitted::primary))?;
@@ -255,6 +264,7 @@ impl Scorer {
                 );
             }
         }
+        outcome.succeeded();
         Ok(Scored {
             rows,
             entity_ids,
@@ -293,5 +303,28 @@ impl Scorer {
             admitted.push(Admitted::new(route, rows, entity_ids)?);
         }
         Ok(admitted)
+    }
+}
+
+/// Records one request's outcome in the statistics of every version it
+/// reached (Triton's ModelStatistics `success` / `fail`) when dropped.
+struct Outcome {
+    versions: Vec<Arc<LoadedModel>>,
+    started: std::time::Instant,
+    ok: bool,
+}
+
+impl Outcome {
+    fn succeeded(mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        for version in &self.versions {
+            version.stats().request(self.ok, elapsed);
+        }
     }
 }

@@ -67,6 +67,14 @@ impl Admitted {
         })
     }
 
+    /// Every version this share reaches: the primary, and the canary when
+    /// the rows are split.
+    pub(super) fn versions(&self) -> Vec<Arc<LoadedModel>> {
+        std::iter::once(self.primary.clone())
+            .chain(self.canary.as_ref().map(|(canary, _, _)| canary.clone()))
+            .collect()
+    }
+
     /// The version that scores the rows not split off.
     pub(super) fn primary(&self) -> &LoadedModel {
         &self.primary

@@ -207,6 +207,11 @@ impl LoadedModel {
         Ok(self.run(chunks, None).await?)
     }
 
+    /// This version's cumulative statistics since it loaded.
+    pub fn stats(&self) -> &crate::engine::InferStats {
+        self.batcher.stats()
+    }
+
     /// Chunks waiting for this version's workers.
     pub fn queued(&self) -> usize {
         self.batcher.queued()

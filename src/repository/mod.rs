@@ -431,6 +431,11 @@ impl Repository {
         &self.models
     }
 
+    /// Models unloaded on request (RepositoryModelUnload), until loaded again.
+    pub fn unloaded(&self) -> &BTreeSet<String> {
+        &self.unloaded
+    }
+
     /// Finds the version to serve for `name`: `version` (0 = default) or `label`.
     pub fn resolve(
         &self,

@@ -87,7 +87,11 @@ async fn metadata_and_readiness_describe_the_shipped_models() {
         .unwrap()
         .into_inner();
     assert_eq!(meta.name, "segscore");
-    assert!(meta.extensions.contains(&"model_repository".to_string()));
+    // Only what is implemented: clients choose code paths by these names.
+    assert_eq!(
+        meta.extensions,
+        ["model_repository", "model_configuration", "statistics"]
+    );
     let ready = |name: &str, version: &str| oip::ModelReadyRequest {
         name: name.into(),
         version: version.into(),
@@ -113,9 +117,22 @@ async fn metadata_and_readiness_describe_the_shipped_models() {
             .into_inner()
             .ready
     );
+    // An unknown model is not ready, not an error: Triton answers
+    // ready=false (InferenceServer::ModelIsReady), and perf_analyzer and
+    // readiness probes rely on it.
+    assert!(
+        !c.model_ready(ready("nope", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
     assert_eq!(
-        c.model_ready(ready("nope", "")).await.unwrap_err().code(),
-        Code::NotFound
+        c.model_ready(ready("churn", "01"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
     );
 
     let md = |name: &str, version: &str| oip::ModelMetadataRequest {
@@ -460,7 +477,14 @@ async fn health_follows_model_load_and_unload_and_watch_sees_it() {
     let check = |service: &str| HealthCheckRequest {
         service: service.into(),
     };
-    for service in ["", "churn", "ltv", "propensity"] {
+    for service in [
+        "",
+        "segscore.v1.Scoring",
+        "inference.GRPCInferenceService",
+        "churn",
+        "ltv",
+        "propensity",
+    ] {
         let status = health
             .check(check(service))
             .await
@@ -484,6 +508,32 @@ async fn health_follows_model_load_and_unload_and_watch_sees_it() {
     assert_eq!(
         watch.message().await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
+    );
+    // Unloaded: not ready (rather than NOT_FOUND) and listed as unavailable.
+    let ready = c
+        .model_ready(oip::ModelReadyRequest {
+            name: "ltv".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ready.ready);
+    let index = c
+        .repository_index(oip::RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let ltv: Vec<_> = index.iter().filter(|m| m.name == "ltv").collect();
+    assert_eq!(ltv.len(), 1, "{index:?}");
+    assert_eq!(
+        (
+            ltv[0].version.as_str(),
+            ltv[0].state.as_str(),
+            ltv[0].reason.as_str()
+        ),
+        ("", "UNAVAILABLE", "unloaded")
     );
     let gone = app
         .score(request(matrix(full_rows(1)), vec![model("ltv", 0)]))
@@ -520,6 +570,217 @@ async fn health_follows_model_load_and_unload_and_watch_sees_it() {
     );
     // An open Watch stream would hold graceful shutdown until its timeout.
     drop((watch, health, c));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_turns_the_service_names_not_serving() {
+    let mut app = spawn_app().await;
+    let channel = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watches = Vec::new();
+    for service in ["", "segscore.v1.Scoring", "inference.GRPCInferenceService"] {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let mut watch = health.watch(request).await.unwrap().into_inner();
+        assert_eq!(
+            watch.message().await.unwrap().unwrap().status,
+            ServingStatus::Serving as i32,
+            "{service}"
+        );
+        watches.push(watch);
+    }
+    app.trigger_shutdown();
+    for watch in &mut watches {
+        assert_eq!(
+            watch.message().await.unwrap().unwrap().status,
+            ServingStatus::NotServing as i32
+        );
+    }
+    // Open Watch streams would hold graceful shutdown until its timeout.
+    drop((watches, health));
+    app.handle.take().unwrap().await.unwrap().unwrap();
+}
+
+/// The serving versions the repository holds, as (name, version) strings.
+fn serving_versions(app: &TestApp) -> Vec<(String, String)> {
+    let repository = app.repository.load();
+    let mut versions = Vec::new();
+    for (name, entry) in repository.models() {
+        for (version, status) in &entry.versions {
+            if matches!(status, segscore::repository::VersionStatus::Serving(_)) {
+                versions.push((name.clone(), version.to_string()));
+            }
+        }
+    }
+    versions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_statistics_and_index_describe_the_repository() {
+    let app = spawn_app().await;
+    let mut c = oip_client(&app).await;
+    let config = |name: &str, version: &str| oip::ModelConfigRequest {
+        name: name.into(),
+        version: version.into(),
+    };
+    let churn = c
+        .model_config(config("churn", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(churn.name, "churn");
+    assert_eq!(
+        (churn.platform.as_str(), churn.backend.as_str()),
+        ("onnxruntime_onnx", "onnxruntime")
+    );
+    assert!(churn.max_batch_size > 0);
+    // The batch dimension is implied by max_batch_size, as in Triton.
+    assert_eq!(churn.input[0].name, "features");
+    assert_eq!(churn.input[0].data_type, oip::DataType::TypeFp32 as i32);
+    assert_eq!(churn.input[0].dims, vec![12]);
+    assert_eq!(churn.output[0].name, "score");
+    assert_eq!(churn.output[0].data_type, oip::DataType::TypeFp32 as i32);
+    assert_eq!(churn.output[0].dims, vec![1]);
+    assert_eq!(
+        churn.output[0].reshape,
+        Some(oip::ModelTensorReshape { shape: vec![] })
+    );
+    let v1 = c
+        .model_config(config("churn", "1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(v1.platform, "smartcore");
+    for (name, version) in [("nope", ""), ("churn", "7")] {
+        assert_eq!(
+            c.model_config(config(name, version))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
+    }
+
+    let stats = |name: &str, version: &str| oip::ModelStatisticsRequest {
+        name: name.into(),
+        version: version.into(),
+    };
+    let before = c
+        .model_statistics(stats("churn", "2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    assert_eq!(before.len(), 1);
+    assert_eq!(
+        (before[0].inference_count, before[0].execution_count),
+        (0, 0)
+    );
+    let (values, rows, _) = golden_matrix("churn", 2);
+    let mut ok = infer(
+        "churn",
+        vec![fp32_matrix("features", values.clone(), rows, 12)],
+    );
+    ok.model_version = "2".into();
+    c.model_infer(ok).await.unwrap();
+    // Eleven columns: refused after the request reached the version.
+    let mut bad = infer(
+        "churn",
+        vec![fp32_matrix("features", values[..11].to_vec(), 1, 11)],
+    );
+    bad.model_version = "2".into();
+    assert_eq!(
+        c.model_infer(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let after = c
+        .model_statistics(stats("churn", "2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    let s = &after[0];
+    assert_eq!((s.name.as_str(), s.version.as_str()), ("churn", "2"));
+    assert_eq!(s.inference_count, rows as u64);
+    assert!(s.execution_count >= 1);
+    assert!(s.last_inference > 0);
+    let i = s.inference_stats.unwrap();
+    let (success, fail) = (i.success.unwrap(), i.fail.unwrap());
+    assert_eq!(success.count, 1);
+    assert!(success.ns > 0);
+    assert_eq!(fail.count, 1);
+    assert!(i.queue.unwrap().count >= 1);
+    let compute = i.compute_infer.unwrap();
+    assert!(compute.count >= 1 && compute.ns > 0);
+    // An empty name is every serving version; an empty version every one
+    // of that model's.
+    let all = c
+        .model_statistics(stats("", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    let listed: Vec<(String, String)> = all.into_iter().map(|s| (s.name, s.version)).collect();
+    assert_eq!(listed, serving_versions(&app));
+    let churns = c
+        .model_statistics(stats("churn", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    assert_eq!(
+        churns
+            .iter()
+            .map(|s| s.version.as_str())
+            .collect::<Vec<_>>(),
+        ["1", "2"]
+    );
+    for (name, version) in [("nope", ""), ("churn", "7")] {
+        assert_eq!(
+            c.model_statistics(stats(name, version))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
+    }
+
+    let index = c
+        .repository_index(oip::RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let ready: Vec<(String, String)> = index
+        .iter()
+        .filter(|m| m.state == "READY")
+        .map(|m| (m.name.clone(), m.version.clone()))
+        .collect();
+    assert_eq!(ready, serving_versions(&app));
+    assert!(index
+        .iter()
+        .all(|m| m.state == "READY" || !m.reason.is_empty()));
+    let only_ready = c
+        .repository_index(oip::RepositoryIndexRequest {
+            ready: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(only_ready.iter().all(|m| m.state == "READY"));
+    assert_eq!(only_ready.len(), ready.len());
     app.stop().await.unwrap();
 }
 

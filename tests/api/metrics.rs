@@ -107,6 +107,18 @@ async fn metrics_after_traffic_hold_histograms_with_sane_counts() {
     let allocated = get("segscore_allocator_allocated_bytes");
     assert!(allocated > 0.0, "{allocated}");
     assert!(get("segscore_allocator_resident_bytes") >= allocated);
+    // The standard process metrics and which build this is.
+    assert!(get("process_resident_memory_bytes") > 0.0);
+    assert!(get("process_open_fds") > 0.0);
+    assert!(get("process_cpu_seconds_total") >= 0.0);
+    assert!(get("process_start_time_seconds") > 1.7e9);
+    assert_eq!(
+        get(&format!(
+            "segscore_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
     // churn ships two valid versions; both loaded.
     assert_eq!(get("segscore_loaded_versions{model=\"churn\"}"), 2.0);
     assert_eq!(

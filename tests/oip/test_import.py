@@ -436,11 +436,9 @@ def test_one_command_takes_a_model_to_serving_on_a_running_server(imported, tmp_
     # A readiness poll, bounded generously; it returns as soon as it is ready.
     deadline = time.monotonic() + 120
     while True:
-        try:
-            if client.is_model_ready("late_arrival"):
-                break
-        except triton.InferenceServerException:
-            pass  # NOT_FOUND until the watcher has seen the new model
+        # False (as in Triton, not NOT_FOUND) until the watcher has loaded it.
+        if client.is_model_ready("late_arrival"):
+            break
         assert time.monotonic() < deadline, "late_arrival never became ready"
         time.sleep(0.05)
     x = frame.values.astype(np.float32)
