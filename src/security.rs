@@ -191,6 +191,9 @@ const SCORE_METHODS: &[&str] = &[
     "/inference.GRPCInferenceService/ModelReady",
     "/inference.GRPCInferenceService/ServerMetadata",
     "/inference.GRPCInferenceService/ModelMetadata",
+    // Read-only, and what perf_analyzer asks before it sends traffic.
+    "/inference.GRPCInferenceService/ModelConfig",
+    "/inference.GRPCInferenceService/ModelStatistics",
     "/inference.GRPCInferenceService/ModelInfer",
     // Checked only with --auth-health; any valid token will do.
     "/grpc.health.v1.Health/Check",
