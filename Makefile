@@ -41,14 +41,16 @@ $(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS) $(VENV_STAMP)
 # directory, with the libcudart.so.12 it is linked against (PyPI's CUDA
 # runtime wheel; no GPU is used) and Debian's libb64-0d.
 PERF_ANALYZER := $(VENV)/perf-analyzer/bin/perf_analyzer
+PERF_ANALYZER_REQUIREMENTS := tests/oip/perf-analyzer-requirements.txt
 LIBB64 := /usr/lib/x86_64-linux-gnu/libb64.so.0d
 $(LIBB64):
 	$(SUDO) apt-get install -y --no-install-recommends libb64-0d \
 		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends libb64-0d; }
 
-$(PERF_ANALYZER): $(VENV_STAMP) | $(LIBB64)
+$(PERF_ANALYZER): $(VENV_STAMP) $(PERF_ANALYZER_REQUIREMENTS) | $(LIBB64)
+	rm -rf $(VENV)/perf-analyzer
 	$(VENV)/bin/pip install --disable-pip-version-check --quiet --no-deps \
-		--target $(VENV)/perf-analyzer tritonclient==2.40.0 nvidia-cuda-runtime-cu12==12.9.79
+		--target $(VENV)/perf-analyzer -r $(PERF_ANALYZER_REQUIREMENTS)
 	touch $@
 
 perf-analyzer: $(PERF_ANALYZER)
