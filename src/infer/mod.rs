@@ -127,20 +127,6 @@ pub struct SegmentMembership {
     pub membership: Membership,
 }
 
-impl Scored {
-    /// Every (model, version) that scored rows of this request, canaries
-    /// included: what request metrics and spans are labelled with.
-    pub fn versions(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.models.iter().flat_map(|m| {
-            let canary = m
-                .canary
-                .as_ref()
-                .map(|c| (m.model.name(), c.model.version()));
-            std::iter::once((m.model.name(), m.model.version())).chain(canary)
-        })
-    }
-}
-
 /// The core, shared by every front end of one process.
 #[derive(Clone)]
 pub struct Scorer {

@@ -92,17 +92,6 @@ pub fn evaluate(
     for m in models {
         scores.entry(m.model.name()).or_insert_with(|| view(m));
     }
-    evaluate_views(segments, names, batch, scores)
-}
-
-/// [`evaluate`] over scores already in their rule view: a client's reading
-/// of a server's answer.
-pub fn evaluate_views<'a>(
-    segments: &Segments,
-    names: &[String],
-    batch: &'a FeatureBatch,
-    scores: HashMap<&'a str, ModelScoresView<'a>>,
-) -> Vec<SegmentMembership> {
     let input = RuleInput { batch, scores };
     let mut evaluation = segments.evaluator(&input);
     names
