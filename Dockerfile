@@ -77,6 +77,6 @@ USER 10001:10001
 # runs every shipped version through the server's validation gate (a generous
 # latency budget, so slow or emulated builders do not fail it).
 RUN ["segscore", "models", "validate", "/models", "--workers", "1", "--latency-budget-ms", "10000"]
-EXPOSE 50051
+EXPOSE 50051 8080
 ENTRYPOINT ["segscore"]
-CMD ["serve", "--model-repository", "/models", "--addr", "0.0.0.0:50051"]
+CMD ["serve", "--model-repository", "/models", "--addr", "0.0.0.0:50051", "--http-addr", "0.0.0.0:8080"]

@@ -164,13 +164,98 @@ def test_service_selector_is_checked(repo):
 
 
 def test_dockerfile_expose_is_checked(repo):
-    edit_text(repo / "Dockerfile", "EXPOSE 50051", "EXPOSE 8080")
-    assert_reported(errors_of(repo), "Dockerfile", "EXPOSE 8080")
+    edit_text(repo / "Dockerfile", "EXPOSE 50051 8080", "EXPOSE 8080")
+    assert_reported(errors_of(repo), "Dockerfile", "EXPOSE 8080", "listens on 50051 8080")
 
 
 def test_kserve_port_is_checked(repo):
     edit_text(repo / "deploy/kserve/servingruntime.yaml", "containerPort: 50051", "containerPort: 8080")
     assert_reported(errors_of(repo), "servingruntime.yaml", "h2c")
+
+
+def test_service_without_the_metrics_port_is_reported(repo):
+    edit_yaml(
+        repo / "deploy/k8s/service.yaml",
+        lambda d: d["spec"].update(ports=[p for p in d["spec"]["ports"] if p["name"] != "metrics"]),
+    )
+    assert_reported(errors_of(repo), "service.yaml", "no port named metrics")
+
+
+def test_service_scrape_annotation_must_name_the_metrics_port(repo):
+    edit_yaml(repo / "deploy/k8s/service.yaml", lambda d: d["metadata"]["annotations"].update({"prometheus.io/port": "9091"}))
+    assert_reported(errors_of(repo), "service.yaml", "prometheus.io/port", "9090")
+
+
+def test_service_http_port_must_reach_the_http_listener(repo):
+    def change(d):
+        for p in d["spec"]["ports"]:
+            if p["name"] == "http":
+                p["targetPort"] = "grpc"
+
+    edit_yaml(repo / "deploy/k8s/service.yaml", change)
+    assert_reported(errors_of(repo), "service.yaml", "port http", "8080")
+
+
+def test_http_addr_on_loopback_is_reported(repo):
+    edit_text(repo / "deploy/k8s/deployment.yaml", "0.0.0.0:8080", "127.0.0.1:8080")
+    assert_reported(errors_of(repo), "deployment.yaml", "--http-addr 127.0.0.1:8080", "loopback")
+
+
+def test_service_monitor_is_checked_against_its_schema(repo):
+    edit_yaml(repo / "deploy/k8s/servicemonitor.yaml", lambda d: d["spec"]["endpoints"][0].update(intervall="15s"))
+    assert_reported(errors_of(repo), "servicemonitor.yaml", "intervall")
+
+
+def test_service_monitor_port_must_be_on_the_service(repo):
+    edit_yaml(repo / "deploy/k8s/servicemonitor.yaml", lambda d: d["spec"]["endpoints"][0].update(port="web"))
+    assert_reported(errors_of(repo), "servicemonitor.yaml", "'web'")
+
+
+def test_service_monitor_selector_must_select_the_service(repo):
+    edit_yaml(repo / "deploy/k8s/servicemonitor.yaml", lambda d: d["spec"]["selector"].update(matchLabels={"app": "x"}))
+    assert_reported(errors_of(repo), "servicemonitor.yaml", "matches 0 Services")
+
+
+def edit_rest_runtime(repo: Path, change) -> None:
+    path = repo / "deploy/kserve/servingruntime.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    (rest,) = [d for d in docs if d["metadata"]["name"] == "segscore-rest"]
+    change(rest)
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+
+
+def test_rest_runtime_probe_paths_are_checked(repo):
+    edit_rest_runtime(
+        repo, lambda d: d["spec"]["containers"][0]["readinessProbe"]["httpGet"].update(path="/v2/health/live")
+    )
+    assert_reported(errors_of(repo), "servingruntime.yaml", "readinessProbe.httpGet.path", "/v2/health/ready")
+
+
+def test_rest_runtime_needs_its_http1_port(repo):
+    edit_rest_runtime(repo, lambda d: d["spec"]["containers"][0]["ports"][0].update(name="http"))
+    assert_reported(errors_of(repo), "servingruntime.yaml", "http1")
+
+
+def test_a_runtime_with_two_ports_is_reported(repo):
+    edit_rest_runtime(
+        repo, lambda d: d["spec"]["containers"][0]["ports"].append({"name": "h2c", "containerPort": 50051})
+    )
+    assert_reported(errors_of(repo), "servingruntime.yaml", "exactly one container port")
+
+
+def test_a_runtime_with_both_protocols_is_reported(repo):
+    edit_yaml(repo / "deploy/kserve/servingruntime.yaml", lambda d: d["spec"].update(protocolVersions=["grpc-v2", "v2"]))
+    assert_reported(errors_of(repo), "servingruntime.yaml", "exactly one of grpc-v2")
+
+
+def test_runtime_scrape_annotations_are_checked(repo):
+    edit_yaml(repo / "deploy/kserve/servingruntime.yaml", lambda d: d["spec"]["annotations"].pop("prometheus.kserve.io/port"))
+    assert_reported(errors_of(repo), "servingruntime.yaml", "prometheus.kserve.io/port")
+
+
+def test_inference_service_must_enable_scraping(repo):
+    edit_yaml(repo / "deploy/kserve/inferenceservice.yaml", lambda d: d["metadata"].pop("annotations"))
+    assert_reported(errors_of(repo), "inferenceservice.yaml", "enable-prometheus-scraping")
 
 
 # --- the ONNX Runtime wheel ------------------------------------------------
@@ -356,7 +441,7 @@ def test_kubernetes_versions_are_bundled():
 # --- flags and env vars against the binary's --help ---------------------------
 
 HELP = {
-    "serve": ["--model-repository", "--addr", "--workers", "--shutdown-timeout-secs", "--log-format", "--metrics-addr"],
+    "serve": ["--model-repository", "--addr", "--workers", "--shutdown-timeout-secs", "--log-format", "--metrics-addr", "--http-addr"],
     "score": ["--input", "--output", "--model-repository", "--workers", "--log-format", "--shard", "--resume"],
     "models validate": ["--workers", "--latency-budget-ms", "--log-format"],
 }
@@ -432,7 +517,7 @@ def test_missing_binary_is_a_note(repo, tmp_path):
     not validate.default_binary(REPO).is_file(), reason="no target/release/segscore (cargo build --release)"
 )
 def test_the_real_binary_rejects_an_unknown_flag(repo):
-    edit_text(repo / "Dockerfile", '"--addr", "0.0.0.0:50051"]', '"--addr", "0.0.0.0:50051", "--no-such-flag"]')
+    edit_text(repo / "Dockerfile", '"--addr", "0.0.0.0:50051",', '"--addr", "0.0.0.0:50051", "--no-such-flag",')
     assert_reported(errors_of(repo, validate.default_binary(REPO)), "Dockerfile CMD", "--no-such-flag")
 
 

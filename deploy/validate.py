@@ -52,9 +52,11 @@ from referencing import Registry, Resource
 # file once per process.
 kubernetes_validate.schema_contents = functools.lru_cache(maxsize=None)(kubernetes_validate.schema_contents)
 
-# The one port segscore listens on in every deployment (gRPC: segscore.v1,
-# OIP, health, reflection).
+# The gRPC port segscore listens on in every deployment (segscore.v1, OIP,
+# health, reflection), and its HTTP port (--http-addr: KServe V2 REST, the /v1
+# JSON API, /openapi.json).
 SERVICE_PORT = 50051
+HTTP_PORT = 8080
 # Strict schemas of the oldest Kubernetes the manifests target (native gRPC
 # probes, preStop sleep, Indexed Jobs with backoffLimitPerIndex are all there)
 # and of the newest one kubernetes-validate bundles.
@@ -63,10 +65,20 @@ KUBERNETES_VERSIONS = ("1.33", "1.37")
 KSERVE_CORE_VERSION = KUBERNETES_VERSIONS[-1]
 # Manifests applied on their own rather than through the kustomization (see
 # deploy/README.md): a Job is a one-off run, and its data claim is optional.
-ON_DEMAND = {"bulk-score-job.yaml", "bulk-data-pvc.yaml"}
+# The ServiceMonitor needs the Prometheus Operator's CRDs, which a cluster may
+# not have.
+ON_DEMAND = {"bulk-score-job.yaml", "bulk-data-pvc.yaml", "servicemonitor.yaml"}
+# Kinds in deploy/k8s that are not core Kubernetes: checked against a schema
+# of ours in deploy/schemas instead of kubernetes-validate's.
+CUSTOM_K8S_SCHEMAS = {"ServiceMonitor": "servicemonitor.schema.json"}
+# The OIP REST health routes the HTTP probes must use.
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
 # Flags the deployment files use by contract before the binary has them.
 # (`segscore score --shard K/N` was one; the binary has it since issue 8.)
-PLANNED_FLAGS: dict[tuple[str, str], str] = {}
+PLANNED_FLAGS: dict[tuple[str, str], str] = {
+    ("serve", "--http-addr"): "the HTTP/REST front door (issue 20)",
+}
 # segscore serve's default --shutdown-timeout-secs.
 DEFAULT_SHUTDOWN_TIMEOUT_SECS = 30
 KUSTOMIZATION_KEYS = {
@@ -173,6 +185,13 @@ def k8s_definitions(version: str) -> dict:
     return kubernetes_validate.schema_contents(
         f"kubernetes-json-schema/v{available[-1]}-local-strict/_definitions.json", version
     )
+
+
+@functools.lru_cache(maxsize=None)
+def custom_validator(root: Path, file: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((root / "deploy/schemas" / file).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, registry=kserve_registry())
 
 
 def kserve_registry() -> Registry:
@@ -309,8 +328,6 @@ def check_dockerfile(root: Path, report: Report) -> dict:
         else:
             facts["uid"] = int(uid)
     exposed = [p.split("/")[0] for i in final.instructions if i.cmd == "EXPOSE" for p in i.value]
-    if exposed != [str(SERVICE_PORT)]:
-        report.error(where, f"EXPOSE {' '.join(exposed) or '(none)'}, expected EXPOSE {SERVICE_PORT}")
     entrypoint = [i for i in final.instructions if i.cmd == "ENTRYPOINT"]
     cmd = [i for i in final.instructions if i.cmd == "CMD"]
     if not entrypoint or not entrypoint[-1].json or list(entrypoint[-1].value) != ["segscore"]:
@@ -323,6 +340,10 @@ def check_dockerfile(root: Path, report: Report) -> dict:
         if inv.command != ("serve",):
             report.error(where, "CMD must run `serve`")
         check_addr(inv, report)
+        # EXPOSE documents exactly the ports the default command listens on.
+        listening = sorted(str(p) for p in listen_ports(inv).values())
+        if sorted(exposed) != listening:
+            report.error(where, f"EXPOSE {' '.join(exposed) or '(none)'}, but CMD listens on {' '.join(listening)}")
         if inv.value("--model-repository") != "/models":
             report.error(where, "CMD must serve --model-repository /models (where the image's models are)")
     if not any(i.cmd == "COPY" and not i.flags and i.value[0] == "models" and i.value[-1].rstrip("/") == "/models" for i in final.instructions):
@@ -432,6 +453,30 @@ def check_addr(inv: Invocation, report: Report) -> None:
         report.error(inv.where, f"--addr {addr}: loopback is unreachable from other pods and the kubelet's probes")
 
 
+def check_http_addr(inv: Invocation, report: Report) -> None:
+    addr = inv.value("--http-addr") or inv.env.get("SEGSCORE_HTTP_ADDR")
+    if addr is None:
+        return
+    if addr.rsplit(":", 1)[-1] != str(HTTP_PORT):
+        report.error(inv.where, f"--http-addr {addr}: the port must be {HTTP_PORT}")
+    if addr.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]"):
+        report.error(inv.where, f"--http-addr {addr}: loopback is unreachable from other pods and the kubelet's probes")
+
+
+def listen_ports(inv: Invocation) -> dict[str, int]:
+    """The ports `segscore serve` listens on, by what they serve."""
+    ports = {}
+    for kind, flag, env in (
+        ("grpc", "--addr", "SEGSCORE_ADDR"),
+        ("http", "--http-addr", "SEGSCORE_HTTP_ADDR"),
+        ("metrics", "--metrics-addr", "SEGSCORE_METRICS_ADDR"),
+    ):
+        value = inv.value(flag) or inv.env.get(env)
+        if value and value.rsplit(":", 1)[-1].isdigit():
+            ports[kind] = int(value.rsplit(":", 1)[-1])
+    return ports
+
+
 def container_env(container: dict) -> dict[str, str | None]:
     return {e["name"]: e.get("value") for e in container.get("env", []) or []}
 
@@ -473,16 +518,19 @@ def resolve_port(port, container: dict) -> int | None:
     return None
 
 
-def check_serving_container(where: str, container: dict, inv: Invocation, report: Report, probes: bool) -> None:
+def check_serving_container(
+    where: str, container: dict, inv: Invocation, report: Report, probes: bool, declared: set[int] | None = None
+) -> None:
+    """`declared`: the container ports that must be declared (default: the
+    gRPC port); any other declared port must be one segscore listens on."""
     check_addr(inv, report)
+    check_http_addr(inv, report)
     ports = [p.get("containerPort") for p in container.get("ports", []) or []]
-    if SERVICE_PORT not in ports:
-        report.error(where, f"containerPort {SERVICE_PORT} not declared (ports: {ports})")
-    # Besides the gRPC port, only the Prometheus endpoint's (--metrics-addr).
-    allowed = {SERVICE_PORT}
-    metrics = inv.value("--metrics-addr") or inv.env.get("SEGSCORE_METRICS_ADDR")
-    if metrics and metrics.rsplit(":", 1)[-1].isdigit():
-        allowed.add(int(metrics.rsplit(":", 1)[-1]))
+    for port in sorted(declared if declared is not None else {SERVICE_PORT}):
+        if port not in ports:
+            report.error(where, f"containerPort {port} not declared (ports: {ports})")
+    listening = listen_ports(inv)
+    allowed = set(listening.values())
     for p in container.get("ports", []) or []:
         if p.get("containerPort") not in allowed:
             report.error(where, f"containerPort {p.get('containerPort')}: segscore listens on {sorted(allowed)} only")
@@ -499,14 +547,34 @@ def check_serving_container(where: str, container: dict, inv: Invocation, report
             if name != "startupProbe":
                 report.error(where, f"{name} missing")
             continue
+        if "httpGet" in probe:
+            check_http_probe(where, name, probe["httpGet"], container, listening, report)
+            continue
         if "grpc" not in probe:
-            report.error(where, f"{name} must be a native grpc probe (grpc.health.v1), not {sorted(set(probe) & {'httpGet', 'tcpSocket', 'exec'})}")
+            report.error(where, f"{name} must be a native grpc probe (grpc.health.v1) or an httpGet of the OIP health routes, not {sorted(set(probe) & {'tcpSocket', 'exec'})}")
             continue
         port = resolve_port(probe["grpc"].get("port"), container)
         if port != SERVICE_PORT:
             report.error(where, f"{name}.grpc.port is {probe['grpc'].get('port')}, but the server listens on {SERVICE_PORT}")
         if probe["grpc"].get("service", "") != "":
             report.error(where, f'{name}.grpc.service is {probe["grpc"]["service"]!r}: "" is the server as a whole (model names turn NOT_SERVING on unload)')
+
+
+def check_http_probe(where: str, name: str, get: dict, container: dict, listening: dict[str, int], report: Report) -> None:
+    """An HTTP probe asks the OIP REST health routes on the --http-addr port:
+    liveness asks live (the process answers), the others ready (every model
+    loaded; NOT ready once shutdown starts, like the gRPC "" service)."""
+    if "http" not in listening:
+        report.error(where, f"{name} is an httpGet probe, but the server has no --http-addr")
+        return
+    port = resolve_port(get.get("port"), container)
+    if port != listening["http"]:
+        report.error(where, f"{name}.httpGet.port is {get.get('port')}, but --http-addr listens on {listening['http']}")
+    wanted = LIVE_PATH if name == "livenessProbe" else READY_PATH
+    if get.get("path") != wanted:
+        report.error(where, f"{name}.httpGet.path is {get.get('path')!r}, expected {wanted}")
+    if get.get("scheme", "HTTP") != "HTTP":
+        report.error(where, f"{name}.httpGet.scheme {get.get('scheme')}: the manifests serve plaintext")
 
 
 def shutdown_timeout(inv: Invocation) -> int:
@@ -554,6 +622,13 @@ def check_k8s(root: Path, facts: dict, report: Report) -> None:
             continue
         for doc in loaded:
             docs.append((rel, doc))
+            custom = CUSTOM_K8S_SCHEMAS.get(doc.get("kind"))
+            if custom is not None:
+                validator = custom_validator(root, custom)
+                for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+                    path_s = ".".join(str(x) for x in e.path) or "(root)"
+                    report.error(rel, f"{doc['kind']}/{name_of(doc)}: {path_s}: {e.message}")
+                continue
             for version in KUBERNETES_VERSIONS:
                 try:
                     kubernetes_validate.validate(doc, version, strict=True)
@@ -579,6 +654,7 @@ def check_k8s(root: Path, facts: dict, report: Report) -> None:
     deployment = deployments[0][1] if deployments else None
     pod_labels: dict = {}
     serving_container: dict = {}
+    serving_listening: dict[str, int] = {}
     for rel, dep in deployments:
         pod = dep["spec"]["template"]["spec"]
         pod_labels = dep["spec"]["template"].get("metadata", {}).get("labels", {})
@@ -598,6 +674,7 @@ def check_k8s(root: Path, facts: dict, report: Report) -> None:
             continue
         where, container, inv = serving[0]
         serving_container = container
+        serving_listening = listen_ports(inv)
         check_serving_container(where, container, inv, report, probes=True)
         models = inv.value("--model-repository")
         mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts", []) or []}
@@ -611,6 +688,7 @@ def check_k8s(root: Path, facts: dict, report: Report) -> None:
         if grace <= needed:
             report.error(rel, f"terminationGracePeriodSeconds {grace} must exceed preStop sleep {pre_stop} s + --shutdown-timeout-secs {shutdown_timeout(inv)} s")
 
+    services: dict[str, dict] = {}
     for rel, svc in kinds.get("Service", []):
         spec = svc["spec"]
         if spec.get("type", "ClusterIP") != "ClusterIP":
@@ -629,6 +707,11 @@ def check_k8s(root: Path, facts: dict, report: Report) -> None:
         target = resolve_port(port.get("targetPort", port.get("port")), serving_container)
         if target != SERVICE_PORT:
             report.error(rel, f"targetPort {port.get('targetPort')} does not reach the container's port {SERVICE_PORT}")
+        check_service_ports(rel, svc, serving_container, serving_listening, report)
+        services[name_of(svc)] = svc
+
+    for rel, monitor in kinds.get("ServiceMonitor", []):
+        check_service_monitor(rel, monitor, services, report)
 
     pdb_min = None
     for rel, pdb in kinds.get("PodDisruptionBudget", []):
@@ -659,6 +742,49 @@ def check_k8s(root: Path, facts: dict, report: Report) -> None:
     for rel, doc in docs:
         for _, container in pod_containers(pod_spec_of(doc) or {}):
             facts.setdefault("images", []).append((f"{rel} {container.get('name')}", container.get("image")))
+
+
+def check_service_ports(rel: str, svc: dict, container: dict, listening: dict[str, int], report: Report) -> None:
+    """Every port the server listens on besides gRPC is on the Service under
+    its own name, reaching the container port; with a metrics port, the
+    prometheus.io annotations point at it."""
+    ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
+    for kind in ("http", "metrics"):
+        if kind not in listening:
+            continue
+        port = ports.get(kind)
+        if port is None:
+            report.error(rel, f"the server listens for {kind} on {listening[kind]}, but the Service has no port named {kind}")
+            continue
+        target = resolve_port(port.get("targetPort", port.get("port")), container)
+        if target != listening[kind]:
+            report.error(rel, f"port {kind}: targetPort {port.get('targetPort')} does not reach the container's port {listening[kind]}")
+        if port.get("appProtocol") != "http":
+            report.error(rel, f"port {kind} needs appProtocol: http")
+    for name in ports:
+        if name not in ("grpc", "http", "metrics"):
+            report.error(rel, f"port {name}: segscore serves grpc, http and metrics only")
+    if "metrics" in listening:
+        notes = (svc.get("metadata") or {}).get("annotations") or {}
+        wanted = {"prometheus.io/scrape": "true", "prometheus.io/port": str(listening["metrics"]), "prometheus.io/path": "/metrics"}
+        for key, value in wanted.items():
+            if notes.get(key) != value:
+                report.error(rel, f"annotation {key} is {notes.get(key)!r}, expected {value!r} (annotation-based Prometheus scraping)")
+
+
+def check_service_monitor(rel: str, monitor: dict, services: dict[str, dict], report: Report) -> None:
+    spec = monitor.get("spec") or {}
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    selected = [svc for svc in services.values() if labels_match(selector, (svc.get("metadata") or {}).get("labels") or {})]
+    if len(selected) != 1:
+        report.error(rel, f"spec.selector matches {len(selected)} Services in deploy/k8s, expected the segscore Service")
+        return
+    names = {p.get("name") for p in selected[0]["spec"].get("ports", [])}
+    for endpoint in spec.get("endpoints") or []:
+        if endpoint.get("port") not in names:
+            report.error(rel, f"endpoint port {endpoint.get('port')!r} is not a port of Service {name_of(selected[0])} ({sorted(n for n in names if n)})")
+        if endpoint.get("path", "/metrics") != "/metrics":
+            report.error(rel, f"endpoint path {endpoint.get('path')}: segscore serves /metrics")
 
 
 def check_job(rel: str, job: dict, pvcs: set, uid, facts: dict, report: Report) -> None:
@@ -791,8 +917,11 @@ def check_kserve(root: Path, facts: dict, report: Report) -> None:
         rspec = runtime["spec"]
         if model.get("protocolVersion") not in rspec.get("protocolVersions", []):
             report.error(rel, f"protocolVersion {model.get('protocolVersion')} is not one the runtime supports ({rspec.get('protocolVersions')})")
-        if model.get("protocolVersion") != "grpc-v2":
-            report.error(rel, "protocolVersion must be grpc-v2 (segscore speaks the V2 protocol over gRPC only)")
+        if model.get("protocolVersion") not in ("grpc-v2", "v2"):
+            report.error(rel, f"protocolVersion {model.get('protocolVersion')}: segscore speaks the V2 protocol (v2 over REST, grpc-v2 over gRPC)")
+        notes = (isvc.get("metadata") or {}).get("annotations") or {}
+        if notes.get("serving.kserve.io/enable-prometheus-scraping") != "true":
+            report.error(rel, 'annotation serving.kserve.io/enable-prometheus-scraping: "true" missing (KServe then scrapes the runtime\'s prometheus.kserve.io/port)')
         formats = {f["name"] for f in rspec.get("supportedModelFormats", [])}
         if (model.get("modelFormat") or {}).get("name") not in formats:
             report.error(rel, f"modelFormat {model.get('modelFormat')} is not supported by runtime {name_of(runtime)} ({sorted(formats)})")
@@ -810,8 +939,11 @@ def check_runtime(rel: str, runtime: dict, facts: dict, report: Report) -> None:
     for wanted in ("onnx", "segscore"):
         if wanted not in formats:
             report.error(rel, f"supportedModelFormats lacks {wanted}")
-    if "grpc-v2" not in (spec.get("protocolVersions") or []):
-        report.error(rel, "protocolVersions must include grpc-v2")
+    protocols = list(spec.get("protocolVersions") or [])
+    if sorted(protocols) not in (["grpc-v2"], ["v2"]):
+        # KServe routes one container port per predictor (Knative allows one),
+        # so one runtime serves one protocol; segscore ships one of each.
+        report.error(rel, f"protocolVersions {protocols}: expected exactly one of grpc-v2 (gRPC port) or v2 (REST port)")
     containers = [c for c in spec.get("containers", []) if c.get("name") == "kserve-container"]
     if len(containers) != 1:
         report.error(rel, "needs one container named kserve-container (KServe merges the model's settings into it)")
@@ -824,11 +956,27 @@ def check_runtime(rel: str, runtime: dict, facts: dict, report: Report) -> None:
     if len(serve) != 1:
         report.error(where, "must run `segscore serve`")
         return
-    check_serving_container(where, container, serve[0], report, probes=False)
-    if serve[0].value("--model-repository") != "/mnt/models":
+    rest = protocols == ["v2"]
+    inv = serve[0]
+    check_serving_container(where, container, inv, report, probes=True, declared={HTTP_PORT if rest else SERVICE_PORT})
+    if inv.value("--model-repository") != "/mnt/models":
         report.error(where, "--model-repository must be /mnt/models, where KServe mounts the storageUri")
-    if not any(p.get("name") == "h2c" and p.get("containerPort") == SERVICE_PORT for p in container.get("ports", [])):
+    ports = container.get("ports") or []
+    if len(ports) != 1:
+        report.error(where, f"declares {len(ports)} ports: KServe (Knative) routes exactly one container port")
+    if rest:
+        if inv.value("--http-addr") is None:
+            report.error(where, "a v2 (REST) runtime needs --http-addr")
+        if not any(p.get("name") == "http1" and p.get("containerPort") == HTTP_PORT for p in ports):
+            report.error(where, f"needs a port named http1 on {HTTP_PORT}: the REST runtime's serving port")
+    elif not any(p.get("name") == "h2c" and p.get("containerPort") == SERVICE_PORT for p in ports):
         report.error(where, f"needs a port named h2c on {SERVICE_PORT}: that name tells KServe the port speaks gRPC")
+    metrics = listen_ports(inv).get("metrics")
+    notes = spec.get("annotations") or {}
+    if metrics is None:
+        report.error(where, "no --metrics-addr: KServe has nothing to scrape")
+    elif notes.get("prometheus.kserve.io/port") != str(metrics) or notes.get("prometheus.kserve.io/path") != "/metrics":
+        report.error(rel, f"spec.annotations prometheus.kserve.io/port and /path must be \"{metrics}\" and /metrics (where --metrics-addr serves)")
     sc = container.get("securityContext") or {}
     uid = facts.get("uid")
     if sc.get("runAsNonRoot") is not True or sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False:
