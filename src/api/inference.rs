@@ -36,6 +36,7 @@ use crate::{
         manifest::{GraphDtype, GraphInput},
         Format, LoadedModel, ResolveError, SharedRepository, Task, VersionStatus,
     },
+    telemetry::{self, Rpc},
 };
 
 /// The single output every model exposes over OIP.
@@ -1070,14 +1071,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
     ) -> Result<Response<oip::ModelInferResponse>, Status> {
         let admitted = self.gate.admit("ModelInfer", request.metadata())?;
         let deadline = admitted.deadline();
-        let span = tracing::info_span!(
-            "model_infer",
-            model = tracing::field::Empty,
-            version = tracing::field::Empty,
-            rows = tracing::field::Empty,
-            status = tracing::field::Empty,
-        );
-        crate::telemetry::link_parent(&span, request.metadata());
+        let span = telemetry::rpc_server_span(Rpc::MODEL_INFER, request.metadata());
         let work = async {
             self.infer(request.into_inner(), deadline)
                 .await
@@ -1088,17 +1082,17 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         match &result {
             Ok(resp) => {
                 let version = resp.model_version.parse().unwrap_or(0);
-                span.record("model", resp.model_name.as_str());
-                span.record("version", version);
-                span.record("status", "OK");
-                if let Some(rows) = resp.outputs.first().and_then(|o| o.shape.first()) {
-                    span.record("rows", rows);
+                span.record("segscore.model", resp.model_name.as_str());
+                span.record("segscore.version", version as i64);
+                if let Some(&rows) = resp.outputs.first().and_then(|o| o.shape.first()) {
+                    span.record("segscore.rows", rows);
                 }
+                telemetry::record_rpc_outcome(&span, tonic::Code::Ok, "");
                 tracing::debug!(parent: &span, "scored");
                 admitted.record(tonic::Code::Ok, [(resp.model_name.as_str(), version)]);
             }
             Err(e) => {
-                span.record("status", format!("{:?}", e.code()));
+                telemetry::record_rpc_outcome(&span, e.code(), e.message());
                 tracing::debug!(parent: &span, error = %e.message(), "infer request refused");
                 admitted.record(e.code(), []);
             }

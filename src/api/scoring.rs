@@ -8,13 +8,19 @@ use std::{pin::Pin, sync::Arc};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info_span, Instrument};
+use tracing::Instrument;
 
 use super::{
     gate::RequestGate,
     models::{model_info, model_infos},
 };
-use crate::{error::ApiError, infer::Scorer, proto::pb, repository::ResolveError};
+use crate::{
+    error::ApiError,
+    infer::Scorer,
+    proto::pb,
+    repository::ResolveError,
+    telemetry::{self, Rpc},
+};
 
 #[derive(Clone)]
 pub struct ScoringService {
@@ -71,6 +77,19 @@ fn scored_by(resp: &pb::ScoreResponse) -> impl Iterator<Item = (&str, u64)> {
     })
 }
 
+/// What a scored response puts on its span: models with versions, rows, OK.
+fn record_scored(span: &tracing::Span, resp: &pb::ScoreResponse) {
+    if span.is_disabled() {
+        return;
+    }
+    let versions: Vec<String> = scored_by(resp)
+        .map(|(name, version)| format!("{name}:{version}"))
+        .collect();
+    span.record("segscore.models", versions.join(","));
+    span.record("segscore.rows", resp.rows as i64);
+    telemetry::record_rpc_outcome(span, tonic::Code::Ok, "");
+}
+
 type ScoreStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::ScoreResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -81,15 +100,7 @@ impl pb::scoring_server::Scoring for ScoringService {
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let admitted = self.gate.admit("Score", request.metadata())?;
         let deadline = admitted.deadline();
-        // Model names, versions, row counts and status only: ids and feature
-        // values are personal data and never enter a span or a log line.
-        let span = info_span!(
-            "score",
-            models = tracing::field::Empty,
-            rows = tracing::field::Empty,
-            status = tracing::field::Empty,
-        );
-        crate::telemetry::link_parent(&span, request.metadata());
+        let span = telemetry::rpc_server_span(Rpc::SCORE, request.metadata());
         let req = request.into_inner();
         let work = async {
             self.score_request(req, deadline)
@@ -102,19 +113,12 @@ impl pb::scoring_server::Scoring for ScoringService {
             .await;
         match &result {
             Ok(resp) => {
-                if !span.is_disabled() {
-                    let versions: Vec<String> = scored_by(resp)
-                        .map(|(name, version)| format!("{name}:{version}"))
-                        .collect();
-                    span.record("models", versions.join(","));
-                    span.record("rows", resp.rows);
-                    span.record("status", "OK");
-                }
+                record_scored(&span, resp);
                 tracing::debug!(parent: &span, "scored");
                 admitted.record(tonic::Code::Ok, scored_by(resp));
             }
             Err(status) => {
-                span.record("status", format!("{:?}", status.code()));
+                telemetry::record_rpc_outcome(&span, status.code(), status.message());
                 tracing::debug!(parent: &span, error = %status.message(), "score request refused");
                 admitted.record(status.code(), []);
             }
@@ -134,6 +138,10 @@ impl pb::scoring_server::Scoring for ScoringService {
                 .admit("ScoreStream", request.metadata())?
                 .for_stream(),
         );
+        // The stream's one server span lives as long as the response stream
+        // (it is moved into it); each chunk is a child span of its own.
+        let stream_span = telemetry::rpc_server_span(Rpc::SCORE_STREAM, request.metadata());
+        let chunks = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let service = self.clone();
         let in_flight = self.stream_in_flight.max(1);
         // `buffered` keeps at most `in_flight` chunks being scored and yields
@@ -155,9 +163,22 @@ impl pb::scoring_server::Scoring for ScoringService {
                 cut.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         };
+        // Evaluated once the input has ended: the stream's outcome for its span.
+        let ended = stream_span.clone();
+        let answered = chunks.clone();
         let drained = futures::stream::once(async move {
-            cut.load(std::sync::atomic::Ordering::SeqCst)
-                .then(|| Err(ApiError::Unavailable(STREAM_DRAINED.into()).into()))
+            // Recorded once, at the end: an exporter keeps every value a
+            // field is given, so a running count would export each step.
+            let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+            ended.record("segscore.chunks", n as i64);
+            let cut = cut.load(std::sync::atomic::Ordering::SeqCst);
+            let code = if cut {
+                tonic::Code::Unavailable
+            } else {
+                tonic::Code::Ok
+            };
+            telemetry::record_rpc_outcome(&ended, code, STREAM_DRAINED);
+            cut.then(|| Err(ApiError::Unavailable(STREAM_DRAINED.into()).into()))
         })
         .filter_map(std::future::ready);
         let out = request
@@ -166,18 +187,29 @@ impl pb::scoring_server::Scoring for ScoringService {
             .map(move |chunk| {
                 let service = service.clone();
                 let admitted = admitted.clone();
+                let (stream_span, chunks) = (stream_span.clone(), chunks.clone());
                 async move {
-                    let req = chunk?;
+                    let req = chunk.inspect_err(|status| {
+                        telemetry::record_rpc_outcome(&stream_span, status.code(), status.message())
+                    })?;
                     let sequence = req.sequence;
+                    let span = telemetry::stream_chunk_span(&stream_span, sequence);
                     let started = std::time::Instant::now();
                     let deadline = admitted.chunk_deadline();
-                    Ok(match service.score_request(req, deadline).await {
+                    let result = service
+                        .score_request(req, deadline)
+                        .instrument(span.clone())
+                        .await;
+                    chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(match result {
                         Ok(resp) => {
+                            record_scored(&span, &resp);
                             admitted.record_since(started, tonic::Code::Ok, scored_by(&resp));
                             resp
                         }
                         Err(e) => {
                             let status = Status::from(e);
+                            telemetry::record_rpc_outcome(&span, status.code(), status.message());
                             admitted.record_since(started, status.code(), []);
                             pb::ScoreResponse {
                                 sequence,

@@ -7,9 +7,14 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::{
+    common::v1::any_value::Value,
+    trace::v1::{span::SpanKind, status::StatusCode, Span},
 };
 use segscore::proto::pb::{self, scoring_client::ScoringClient};
 use tonic::{Request, Response, Status};
@@ -31,6 +36,7 @@ impl TraceService for Collector {
 }
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const STREAM_TRACE_ID: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
 /// Values no log line may contain.
 const SECRET_IDS: [&str; 2] = ["cust-7f3a9c-private", "cust-0b1d22-private"];
 const SECRET_RECENCY: f32 = 13.625;
@@ -102,6 +108,30 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
         "{}",
         err.message()
     );
+    // A stream of three chunks under its own trace: one server span, one
+    // child span per chunk.
+    let chunks: Vec<pb::ScoreRequest> = (1..=3)
+        .map(|sequence| pb::ScoreRequest {
+            sequence,
+            ..request(matrix(full_rows(2)), vec![model("churn", 0)])
+        })
+        .collect();
+    let mut streamed = Request::new(futures::stream::iter(chunks));
+    streamed.metadata_mut().insert(
+        "traceparent",
+        format!("00-{STREAM_TRACE_ID}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let answers: Vec<_> = client
+        .score_stream(streamed)
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 3);
+    assert!(answers.iter().all(|a| a.as_ref().unwrap().error.is_none()));
     drop(client);
 
     assert_eq!(binary.terminate().code(), Some(0));
@@ -124,19 +154,19 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
     let spans: Vec<serde_json::Value> = log
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|j| j["span"]["name"] == "score")
+        .filter(|j| j["span"]["rpc.method"] == "Score")
         .collect();
     let scored = spans
         .iter()
         .find(|j| j["fields"]["message"] == "scored")
         .unwrap_or_else(|| panic!("no `scored` event:\n{text}"));
-    let models = scored["span"]["models"].as_str().unwrap();
+    let models = scored["span"]["segscore.models"].as_str().unwrap();
     assert!(
         models.contains("churn:") && models.contains("ltv:"),
         "{scored}"
     );
-    assert_eq!(scored["span"]["rows"], 2);
-    assert_eq!(scored["span"]["status"], "OK");
+    assert_eq!(scored["span"]["segscore.rows"], 2);
+    assert_eq!(scored["span"]["status"], "Ok");
     assert!(
         spans
             .iter()
@@ -154,8 +184,77 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
         .collect();
     let traced = spans
         .iter()
-        .find(|s| s.name == "score" && hex::encode(&s.trace_id) == TRACE_ID)
-        .unwrap_or_else(|| panic!("no score span in trace {TRACE_ID}: {spans:#?}"));
+        .find(|s| hex::encode(&s.trace_id) == TRACE_ID)
+        .unwrap_or_else(|| panic!("no span in trace {TRACE_ID}: {spans:#?}"));
     assert_eq!(hex::encode(&traced.parent_span_id), "00f067aa0ba902b7");
+    // OpenTelemetry's RPC conventions: `service/method`, kind SERVER, rpc.*
+    // attributes, and segscore's own fields typed as integers.
+    assert_eq!(traced.name, "segscore.v1.Scoring/Score");
+    assert_eq!(traced.kind, SpanKind::Server as i32);
+    assert_eq!(
+        attr(traced, "rpc.system"),
+        Some(Value::StringValue("grpc".into()))
+    );
+    assert_eq!(
+        attr(traced, "rpc.service"),
+        Some(Value::StringValue("segscore.v1.Scoring".into()))
+    );
+    assert_eq!(
+        attr(traced, "rpc.method"),
+        Some(Value::StringValue("Score".into()))
+    );
+    assert_eq!(
+        attr(traced, "rpc.grpc.status_code"),
+        Some(Value::IntValue(0))
+    );
+    assert_eq!(attr(traced, "segscore.rows"), Some(Value::IntValue(2)));
+    assert_eq!(status_code(traced), StatusCode::Unset);
+    // The refused request: its code is on the span; INVALID_ARGUMENT is the
+    // caller's mistake, so the status stays UNSET (server faults set ERROR,
+    // see telemetry::server_fault's unit test).
+    let refused = spans
+        .iter()
+        .find(|s| attr(s, "rpc.grpc.status_code") == Some(Value::IntValue(3)))
+        .unwrap_or_else(|| panic!("no INVALID_ARGUMENT span: {spans:#?}"));
+    assert_eq!(refused.kind, SpanKind::Server as i32);
+    assert_eq!(status_code(refused), StatusCode::Unset);
+    // The stream: one server span and three chunk spans under it.
+    let in_stream: Vec<_> = spans
+        .iter()
+        .filter(|s| hex::encode(&s.trace_id) == STREAM_TRACE_ID)
+        .collect();
+    let stream = in_stream
+        .iter()
+        .find(|s| s.name == "segscore.v1.Scoring/ScoreStream")
+        .unwrap_or_else(|| panic!("no ScoreStream span: {in_stream:#?}"));
+    assert_eq!(stream.kind, SpanKind::Server as i32);
+    assert_eq!(attr(stream, "segscore.chunks"), Some(Value::IntValue(3)));
+    assert_eq!(
+        attr(stream, "rpc.grpc.status_code"),
+        Some(Value::IntValue(0))
+    );
+    let chunk_spans: Vec<_> = in_stream
+        .iter()
+        .filter(|s| s.parent_span_id == stream.span_id)
+        .collect();
+    assert_eq!(chunk_spans.len(), 3, "{in_stream:#?}");
+    for chunk in chunk_spans {
+        assert_eq!(chunk.name, "ScoreStream chunk");
+        assert_eq!(attr(chunk, "segscore.rows"), Some(Value::IntValue(2)));
+    }
     server.abort();
+}
+
+fn attr(span: &Span, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.clone())
+}
+
+fn status_code(span: &Span) -> StatusCode {
+    span.status
+        .as_ref()
+        .map(|s| StatusCode::try_from(s.code).unwrap())
+        .unwrap_or(StatusCode::Unset)
 }
