@@ -34,7 +34,7 @@ import features as F
 
 TARGET_OPSET = 17
 INPUT_NAME = "features"
-TOLERANCE = {"binary_classification": 1e-5, "regression": 1e-4}
+TOLERANCE = {"binary_classification": 1e-5, "regression": 1e-4, "clustering": 1e-5}
 GOLDEN_ROWS = 250
 
 
@@ -154,16 +154,20 @@ class Plain:
 class PoissonMean:
     """A regressor with a log link and Poisson deviance (HistGradientBoosting
     `loss="poisson"`): it predicts the mean of a non-negative target, so sums
-    over customers are a revenue forecast without a calibration factor."""
+    over customers are a revenue forecast. `factor` is a seasonal calibration
+    (fit.py sets it from a same-season snapshot a year back; 1 = none); the
+    ONNX graph multiplies by the same float32 constant after the link's Exp."""
 
     model: Any
+    factor: float = 1.0
 
     def fit(self, X, y):
         self.model.fit(X, y)
         return self
 
     def predict(self, X):
-        return self.model.predict(X)
+        raw = self.model.predict(X)
+        return raw if self.factor == 1.0 else raw * float(np.float32(self.factor))
 
 
 def gbr_log(seed: int) -> LogTarget:
@@ -258,6 +262,8 @@ def export_regressor(reg, n_features: int, name: str, version: int, feature_name
     est, derived, inner_input = _unwrap(reg)
     if derived is not None:
         reg = est
+    # A calibrated PoissonMean carries its own factor (the graph's ltv_calibration Mul).
+    factor = float(np.float32(factor * getattr(reg, "factor", 1.0)))
     width = n_features + (len(derived.names) if derived else 0)
     onx = convert_sklearn(
         reg.model,
@@ -450,7 +456,9 @@ def write_version_files(
     d = Path(d)
     model_path = d / "model.onnx"
     model_path.write_bytes(model_bytes)
-    F.write_feature_csv(d / "golden.csv", golden_df, schema, extra=["expected"])
+    # A clustering golden set has the cluster next to the distance (as the server checks it).
+    F.write_feature_csv(d / "golden.csv", golden_df, schema,
+                        extra=[c for c in ("expected_cluster", "expected") if c in golden_df.columns])
     features_raw = [f.raw for f in schema]
     text = render_manifest(
         name, version, task, "model.onnx", sha256_file(model_path), score, features_raw,
