@@ -549,7 +549,11 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
     backtest_table = [
         {"cutoff": e["cutoff"], "train_snapshots": e["train_cutoffs"], "validation_customers": int(len(e["va"])),
          "models": {m: {"picked": x["pick"].key, "passed": x["gate"]["passed"], "checks": x["gate"]["checks"],
-                        **({"calibration_factor": x["calibration"]["factor"]} if "calibration" in x else {})}
+                        **({"calibration_factor": x["calibration"]["factor"]} if "calibration" in x else {}),
+                        # the model and every baseline at this cutoff, on the gate's metrics
+                        "scores": {who: {k2: v[k2] for k2 in ("roc_auc", "log_loss", "spearman", "sum_ratio")
+                                         if k2 in v}
+                                   for who, v in {"model": x["metrics"], **x["baselines"]}.items()}}
                     for m, x in e["models"].items()}}
         for e in [ev0] + backtests
     ] if backtest > 1 else []
@@ -806,6 +810,14 @@ def markdown_report(s: dict) -> str:
                     lines.append(f"| {b['cutoff'][:10]} | {name} | {c['metric']} | {c['model_value']} | "
                                  f"{c.get('best_baseline', '0.9-1.1')} {c.get('best_baseline_value', '')} | "
                                  f"{c.get('margin', '')} | {'yes' if c['passed'] else 'NO'} |")
+        lines += ["", "every scorer at every cutoff:", "", "| cutoff | model | metric | pipeline | baselines |",
+                  "|---|---|---|---|---|"]
+        for b in s["backtests"]:
+            for name, x in b["models"].items():
+                sc = x["scores"]
+                for metric in sc["model"]:
+                    base = "; ".join(f"{who} {v[metric]}" for who, v in sc.items() if who != "model" and metric in v)
+                    lines.append(f"| {b['cutoff'][:10]} | {name} | {metric} | {sc['model'][metric]} | {base} |")
     if s.get("clusters"):
         sel = s["clusters"]["k_selection"]
         lines += ["", f"clusters: k = {sel['chosen']}; {sel['method']}"]
