@@ -724,7 +724,9 @@ def fit_clusters(final: pd.DataFrame, valid_ids: set, full_schema, schema, seed:
     imp = F.impute(final, full_schema)
     X = F.to_matrix(imp, cschema)
     is_valid = final["customer_id"].isin(valid_ids).to_numpy()
-    c = CL.fit(X[~is_valid], X[is_valid], seed, clusters, clusters_max, X_final=X if write else None)
+    # One thread, as the other models: OpenMP's threads wait at barriers on a busy 2-core machine.
+    with threadpool_limits(1):
+        c = CL.fit(X[~is_valid], X[is_valid], seed, clusters, clusters_max, X_final=X if write else None)
     names = [f.name for f in cschema]
     onx = CL.export(c, "clusters", 0, names)
     card = CL.card(c, names, X if write else X[~is_valid], X[is_valid], onx, clusters, clusters_max)

@@ -188,6 +188,11 @@ def test_backtest_reports_every_cutoff(orders, tmp_path):
     for b in report["backtests"]:
         assert [c["metric"] for c in b["models"]["churn"]["checks"]] == ["roc_auc", "log_loss"]
     assert report["backtests"][0]["models"]["churn"]["checks"] == report["models"]["churn"]["gate"]["checks"]
+    for b in report["backtests"]:
+        scores = b["models"]["churn"]["scores"]
+        assert set(scores) == {"model", "recency_alone", "bgnbd", "rfm_logistic_regression", "rfm_gradient_boosting"}
+        assert all(set(v) == {"roc_auc", "log_loss"} for v in scores.values())
+    assert "every scorer at every cutoff" in (tmp_path / "report.md").read_text()
     assert "| 2024-11-06 | churn | roc_auc |" in (tmp_path / "report.md").read_text()
 
 
@@ -235,11 +240,13 @@ def test_no_calibration_without_a_year_of_history():
 def test_same_seed_same_model_bytes(orders, tmp_path):
     digests = []
     for run in ("a", "b"):
-        FIT.fit(orders, CUTOFF, tmp_path / run, models=("propensity",), allow_worse=True, seed=3,
-                snapshots=0, log=lambda *_: None)
-        m = load_manifest(tmp_path / run / "propensity/1")
-        assert hashlib.sha256((tmp_path / run / "propensity/1/model.onnx").read_bytes()).hexdigest() == m["sha256"]
-        digests.append(m["sha256"])
+        FIT.fit(orders, CUTOFF, tmp_path / run, models=("propensity", "clusters"), allow_worse=True, seed=3,
+                snapshots=0, jobs=1, log=lambda *_: None)
+        ms = [load_manifest(tmp_path / run / f"{m}/1") for m in ("propensity", "clusters")]
+        for m in ms:
+            onnx_file = tmp_path / run / m["name"] / "1/model.onnx"
+            assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == m["sha256"]
+        digests.append([m["sha256"] for m in ms])
     assert digests[0] == digests[1]
 
 
