@@ -1,5 +1,6 @@
-"""`pipeline.py fit`: train churn, ltv and propensity on a user's own events and
-write each as the next version of its model, with a card derived from that data.
+"""`pipeline.py fit`: train churn, ltv, propensity and clusters on a user's own
+events and write each as the next version of its model, with a card derived from
+that data.
 
 Protocol (what the card's `validation` says):
 * customers are split by a seeded hash of their id: 30% are validation
@@ -16,9 +17,15 @@ Protocol (what the card's `validation` says):
   a Poisson-loss boosting model (a mean, so totals are a forecast);
 * every baseline is scored on the same validation rows; the gate compares the
   model with the best baseline there (classifiers: ROC AUC and log loss);
+* LTV's mean is multiplied by a seasonal factor: Σactual/Σpredicted of the
+  model at the snapshot 52 weeks before the cutoff (same season, labels that
+  end before it), when the data reaches that far ([card.calibration]);
 * --backtest N repeats all of this at N cutoffs and reports each;
 * the shipped model is then refitted on every customer and every snapshot,
-  the final cutoff included.
+  the final cutoff included;
+* clusters (clusters.py): K-Means at the cutoff, k chosen on the training
+  customers by the validation customers' silhouette (--clusters auto), written
+  as the next `clusters` version in the server's ONNX clustering contract.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata, spearmanr
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, VotingClassifier
 from sklearn.metrics import log_loss, roc_auc_score
 from threadpoolctl import threadpool_limits
 
@@ -80,9 +87,16 @@ def hgb_poisson(seed: int) -> T.PoissonMean:
     return T.PoissonMean(HistGradientBoostingRegressor(loss="poisson", **HGB, random_state=seed))
 
 
+def soft_vote(seed: int) -> VotingClassifier:
+    # flatten_transform=False: the only form skl2onnx 1.20 converts (predict_proba is the same).
+    return VotingClassifier([("gradient_boosting", hgb_classifier(seed)), ("logistic_regression", T.logistic(seed))],
+                            voting="soft", flatten_transform=False)
+
+
 CLASSIFIERS = [
     T.Candidate("gradient_boosting", hgb_classifier, f"sklearn HistGradientBoostingClassifier ({HGB_TEXT})"),
     T.Candidate("logistic_regression", T.logistic, "sklearn StandardScaler + LogisticRegression (C=1)"),
+    T.Candidate("soft_vote", soft_vote, "the mean of the two probabilities above (sklearn VotingClassifier, soft)"),
 ]
 REGRESSORS = [
     T.Candidate("hgb_poisson", hgb_poisson,

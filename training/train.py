@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -239,15 +240,25 @@ def export_classifier(model, n_features: int, name: str, version: int, feature_n
     derived columns from the served `features` first."""
     model, derived, inner_input = _unwrap(model)
     width = n_features + (len(derived.names) if derived else 0)
-    onx = convert_sklearn(
-        model,
-        name=f"segscore_{name}",
-        initial_types=[(inner_input, FloatTensorType([None, width]))],
-        target_opset=TARGET_OPSET,
-        options={id(model): {"zipmap": False}},
-    )
+    with warnings.catch_warnings():
+        # skl2onnx 1.20's VotingClassifier converter passes booleans as ints to
+        # onnx.helper (a DeprecationWarning per call; the pinned protobuf accepts them).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="onnx.helper")
+        onx = convert_sklearn(
+            model,
+            name=f"segscore_{name}",
+            initial_types=[(inner_input, FloatTensorType([None, width]))],
+            target_opset=TARGET_OPSET,
+            options={id(model): {"zipmap": False}},
+        )
     if derived is not None:
         derived.prepend(onx.graph, inner_input, INPUT_NAME)
+    # skl2onnx's VotingClassifier leaves an unused initializer (`classes_ind`), which
+    # ONNX Runtime warns about at every load; drop any such (a no-op for the others).
+    used = {i for n in onx.graph.node for i in n.input}
+    unused = [t for t in onx.graph.initializer if t.name not in used]
+    for t in unused:
+        onx.graph.initializer.remove(t)
     outs = [o.name for o in onx.graph.output]
     if outs != ["label", "probabilities"]:
         raise RuntimeError(f"unexpected classifier outputs {outs}")
