@@ -96,7 +96,9 @@ def soft_vote(seed: int) -> VotingClassifier:
 CLASSIFIERS = [
     T.Candidate("gradient_boosting", hgb_classifier, f"sklearn HistGradientBoostingClassifier ({HGB_TEXT})"),
     T.Candidate("logistic_regression", T.logistic, "sklearn StandardScaler + LogisticRegression (C=1)"),
-    T.Candidate("soft_vote", soft_vote, "the mean of the two probabilities above (sklearn VotingClassifier, soft)"),
+    T.Candidate("soft_vote", soft_vote,
+                f"sklearn VotingClassifier (soft): the mean of the probabilities of a HistGradientBoostingClassifier "
+                f"({HGB_TEXT}) and a StandardScaler + LogisticRegression (C=1)"),
 ]
 REGRESSORS = [
     T.Candidate("hgb_poisson", hgb_poisson,
