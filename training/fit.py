@@ -378,6 +378,9 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
     # cutoff on their own (fit_clusters), after the supervised models' protocol.
     want_clusters = "clusters" in models
     models = tuple(m for m in models if m != "clusters")
+    if want_clusters and sum(f.name in CL.FEATURES for f in schema) < 2:
+        raise ValueError(f"clusters: needs at least 2 of {', '.join(CL.FEATURES)} among --features "
+                         "(or leave clusters out of --models)")
     at = F.read_attributes(attributes) if attributes else None
     sources = [describe_source(events, scan.rows)]
     if attributes:
@@ -735,8 +738,6 @@ def fit_clusters(final: pd.DataFrame, valid_ids: set, full_schema, schema, seed:
     the validation customers' silhouette; the written model (when `write`) is
     refitted with that k on every customer."""
     cschema = [f for f in schema if f.name in CL.FEATURES]
-    if len(cschema) < 2:
-        raise ValueError(f"clusters: needs at least 2 of {', '.join(CL.FEATURES)} among --features")
     imp = F.impute(final, full_schema)
     X = F.to_matrix(imp, cschema)
     is_valid = final["customer_id"].isin(valid_ids).to_numpy()
