@@ -122,7 +122,7 @@ PICKABLE = {c.key: c for c in CLASSIFIERS + REGRESSORS}
 # snapshot's season. A cutoff after a peak (1 January, after Black Friday and
 # December) shows every customer's recent activity inflated, and the pooled
 # model reads that as a higher spend rate: on the synthetic data it over-forecast
-# 1 January by 9-15% and under-forecast April-October by 7-12% (the BTYD and RFM
+# 1 January by 9-17% and under-forecast April-October by 7-12% (the BTYD and RFM
 # baselines do the same). The over/under-forecast of *this* model at the same
 # season a year back (52 weeks, the same weekday) measures that mismatch with
 # labels that all end before the cutoff; the factor Σactual/Σpredicted there
@@ -414,7 +414,7 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
     backtest_days = int(backtest_days or snapshot_days)
     offsets = {k * backtest_days + j * snapshot_days for k in range(backtest) for j in range(snapshots + 1)}
     # LTV's seasonal calibration reads a snapshot 52 weeks before each evaluated
-    # cutoff, when the data goes back far enough (calibration_snapshot).
+    # cutoff, when the data goes back far enough (calibrate_ltv).
     cal_offsets = {k: k * backtest_days + CALIBRATION_DAYS for k in range(backtest)} if "ltv" in models else {}
     cal_offsets = {k: o for k, o in cal_offsets.items()
                    if calibration_possible(cut_us - o * F.US_PER_DAY, scan.ts_min)}
