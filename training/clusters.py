@@ -33,14 +33,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-import features as F
 import train as T
 
 FEATURES = ("recency_days", "frequency", "monetary_mean", "purchases_90d", "sessions_7d", "cart_adds_7d",
