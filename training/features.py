@@ -421,7 +421,8 @@ def _format_column(values: pd.Series, kind: str) -> list[str]:
     return ["" if m else str(v) for v, m in zip(values.astype(object), miss)]
 
 
-LABEL_KINDS = {"churned": "int", "ltv_365d": "float", "purchase_30d": "int", "expected": "float"}
+LABEL_KINDS = {"churned": "int", "ltv_365d": "float", "purchase_30d": "int", "expected": "float",
+               "expected_cluster": "int"}
 
 
 def write_feature_csv(

@@ -1,5 +1,6 @@
-"""`pipeline.py fit`: train churn, ltv and propensity on a user's own events and
-write each as the next version of its model, with a card derived from that data.
+"""`pipeline.py fit`: train churn, ltv, propensity and clusters on a user's own
+events and write each as the next version of its model, with a card derived from
+that data.
 
 Protocol (what the card's `validation` says):
 * customers are split by a seeded hash of their id: 30% are validation
@@ -16,9 +17,15 @@ Protocol (what the card's `validation` says):
   a Poisson-loss boosting model (a mean, so totals are a forecast);
 * every baseline is scored on the same validation rows; the gate compares the
   model with the best baseline there (classifiers: ROC AUC and log loss);
+* LTV's mean is multiplied by a seasonal factor: Σactual/Σpredicted of the
+  model at the snapshot 52 weeks before the cutoff (same season, labels that
+  end before it), when the data reaches that far ([card.calibration]);
 * --backtest N repeats all of this at N cutoffs and reports each;
 * the shipped model is then refitted on every customer and every snapshot,
-  the final cutoff included.
+  the final cutoff included;
+* clusters (clusters.py): K-Means at the cutoff, k chosen on the training
+  customers by the validation customers' silhouette (--clusters auto), written
+  as the next `clusters` version in the server's ONNX clustering contract.
 """
 from __future__ import annotations
 
@@ -36,17 +43,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata, spearmanr
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, VotingClassifier
 from sklearn.metrics import log_loss, roc_auc_score
 from threadpoolctl import threadpool_limits
 
 import baselines as B
+import clusters as CL
 import derived as D
 import shards as SH
 import features as F
 import train as T
 
-MODELS = ("churn", "ltv", "propensity")
+MODELS = ("churn", "ltv", "propensity", "clusters")
 LABEL_OF = {"churn": "churned", "ltv": "ltv_365d", "propensity": "purchase_30d"}
 VALID_SHARE = 0.3
 INNER_SHARE = 0.2
@@ -79,15 +87,25 @@ def hgb_poisson(seed: int) -> T.PoissonMean:
     return T.PoissonMean(HistGradientBoostingRegressor(loss="poisson", **HGB, random_state=seed))
 
 
+def soft_vote(seed: int) -> VotingClassifier:
+    # flatten_transform=False: the only form skl2onnx 1.20 converts (predict_proba is the same).
+    return VotingClassifier([("gradient_boosting", hgb_classifier(seed)), ("logistic_regression", T.logistic(seed))],
+                            voting="soft", flatten_transform=False)
+
+
 CLASSIFIERS = [
     T.Candidate("gradient_boosting", hgb_classifier, f"sklearn HistGradientBoostingClassifier ({HGB_TEXT})"),
     T.Candidate("logistic_regression", T.logistic, "sklearn StandardScaler + LogisticRegression (C=1)"),
+    T.Candidate("soft_vote", soft_vote,
+                f"sklearn VotingClassifier (soft): the mean of the probabilities of a HistGradientBoostingClassifier "
+                f"({HGB_TEXT}) and a StandardScaler + LogisticRegression (C=1)"),
 ]
 REGRESSORS = [
     T.Candidate("hgb_poisson", hgb_poisson,
                 f"sklearn HistGradientBoostingRegressor (Poisson loss, log link; {HGB_TEXT}) on ltv_365d: it "
-                "predicts the mean, so totals are a revenue forecast with no calibration factor; the ONNX graph "
-                "applies the link's Exp and clamps at 0"),
+                "predicts the mean, so totals are a revenue forecast; times a seasonal calibration factor measured "
+                "at the same season a year back when the data reaches that far (see [card.calibration]); the ONNX "
+                "graph applies the link's Exp, the factor and a clamp at 0"),
 ]
 DERIVED_TEXT = ("inputs are the served features plus columns the ONNX graph computes from them (training/derived.py): "
                 "recency / mean inter-purchase gap, frequency / tenure, recency / tenure, purchases_90d / frequency, "
@@ -96,6 +114,54 @@ DERIVED_TEXT = ("inputs are the served features plus columns the ONNX graph comp
 
 
 PICKABLE = {c.key: c for c in CLASSIFIERS + REGRESSORS}
+
+
+# --------------------------------------------------------------------------------------
+# LTV's seasonal calibration. The training rows are snapshots 4-12 weeks before
+# the cutoff, and the served features carry no date: a model pools every
+# snapshot's season. A cutoff after a peak (1 January, after Black Friday and
+# December) shows every customer's recent activity inflated, and the pooled
+# model reads that as a higher spend rate: on the synthetic data it over-forecast
+# 1 January by 9-17% and under-forecast April-October by 7-12% (the BTYD and RFM
+# baselines do the same). The over/under-forecast of *this* model at the same
+# season a year back (52 weeks, the same weekday) measures that mismatch with
+# labels that all end before the cutoff; the factor Σactual/Σpredicted there
+# scales the served mean (a Mul in the ONNX graph). A factor measured on the
+# latest snapshot instead (tried before) does not travel: it is the wrong season.
+# --------------------------------------------------------------------------------------
+CALIBRATION_DAYS = 364
+CALIBRATION_HISTORY_DAYS = 90     # the data must start this long before the calibration snapshot
+CALIBRATION_MIN_BUYERS = 100      # customers with a purchase in its label window
+
+
+def calibration_possible(cal_us: int, data_start_us: int) -> bool:
+    return cal_us - CALIBRATION_HISTORY_DAYS * F.US_PER_DAY >= data_start_us
+
+
+def calibrate_ltv(model, frame: pd.DataFrame | None, full_schema, schema) -> dict:
+    """Sets the (WithDerived-wrapped) PoissonMean's factor to Σactual/Σpredicted
+    on `frame`, the customers at the same-season snapshot a year back, and says
+    what it did. Without such a snapshot (too little history) the factor stays 1."""
+    inner = model.model if isinstance(model, D.WithDerived) else model
+    if not isinstance(inner, T.PoissonMean):
+        return {"factor": 1.0, "note": "not a Poisson mean model"}
+    inner.factor = 1.0
+    if frame is None or not len(frame):
+        return {"factor": 1.0, "note": f"none: the data does not start {CALIBRATION_HISTORY_DAYS} days before a "
+                                       f"snapshot {CALIBRATION_DAYS} days before the cutoff"}
+    y = frame["ltv_365d"].to_numpy(float)
+    buyers = int((y > 0).sum())
+    snapshot = str(frame["snapshot"].iloc[0])
+    if buyers < CALIBRATION_MIN_BUYERS:
+        return {"factor": 1.0, "snapshot": snapshot,
+                "note": f"none: only {buyers} customers bought in the calibration window (< {CALIBRATION_MIN_BUYERS})"}
+    pred = model.predict(F.to_matrix(F.impute(frame, full_schema), schema))
+    factor = float(np.float32(y.sum() / pred.sum())) if pred.sum() > 0 else 1.0
+    inner.factor = factor
+    return {"factor": _r(factor, 6), "snapshot": snapshot, "customers": int(len(frame)), "buyers": buyers,
+            "sum_actual": _r(float(y.sum()), 8), "sum_predicted_uncalibrated": _r(float(pred.sum()), 8),
+            "note": f"Σactual/Σpredicted of this model at the same season {CALIBRATION_DAYS} days before the cutoff "
+                    "(labels that end before it); multiplies the served mean"}
 
 
 # --------------------------------------------------------------------------------------
@@ -251,6 +317,7 @@ class ModelReport:
     label: str = ""
     y_all: np.ndarray | None = None  # the label over every customer and snapshot (the refit)
     final_model: object | None = None
+    calibration: dict = field(default_factory=dict)  # ltv's seasonal factor for the written model
 
 
 def fit(
@@ -270,6 +337,8 @@ def fit(
     shards: int | None = None,
     feature_names: list[str] | None = None,
     observed_until: str | None = None,
+    clusters: str | int = "auto",
+    clusters_max: int = CL.DEFAULT_MAX_K,
     log=print,
 ) -> dict:
     """Trains, evaluates against the baselines, gates, and writes next versions
@@ -296,14 +365,22 @@ def fit(
             scan, t0=t0, jobs=jobs, events=events, attributes=attributes, full_schema=full_schema, schema=schema,
             names=names, cutoff=cutoff, repository=repository, models=models, report_dir=report_dir,
             allow_worse=allow_worse, seed=seed, snapshots=snapshots, snapshot_days=snapshot_days, backtest=backtest,
-            backtest_days=backtest_days, observed_until=observed_until, log=log)
+            backtest_days=backtest_days, observed_until=observed_until, clusters=clusters,
+            clusters_max=clusters_max, log=log)
     finally:
         scan.cleanup()
 
 
 def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, names, cutoff, repository, models,
                  report_dir, allow_worse, seed, snapshots, snapshot_days, backtest, backtest_days, observed_until,
-                 log) -> dict:
+                 clusters, clusters_max, log) -> dict:
+    # The clusters are unsupervised (no label window, no baseline): fitted at the
+    # cutoff on their own (fit_clusters), after the supervised models' protocol.
+    want_clusters = "clusters" in models
+    models = tuple(m for m in models if m != "clusters")
+    if want_clusters and sum(f.name in CL.FEATURES for f in schema) < 2:
+        raise ValueError(f"clusters: needs at least 2 of {', '.join(CL.FEATURES)} among --features "
+                         "(or leave clusters out of --models)")
     at = F.read_attributes(attributes) if attributes else None
     sources = [describe_source(events, scan.rows)]
     if attributes:
@@ -335,7 +412,13 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
     # each backtest k (an earlier final cutoff, k * backtest_days before) its own.
     backtest = max(1, int(backtest))
     backtest_days = int(backtest_days or snapshot_days)
-    offsets = sorted({k * backtest_days + j * snapshot_days for k in range(backtest) for j in range(snapshots + 1)})
+    offsets = {k * backtest_days + j * snapshot_days for k in range(backtest) for j in range(snapshots + 1)}
+    # LTV's seasonal calibration reads a snapshot 52 weeks before each evaluated
+    # cutoff, when the data goes back far enough (calibrate_ltv).
+    cal_offsets = {k: k * backtest_days + CALIBRATION_DAYS for k in range(backtest)} if "ltv" in models else {}
+    cal_offsets = {k: o for k, o in cal_offsets.items()
+                   if calibration_possible(cut_us - o * F.US_PER_DAY, scan.ts_min)}
+    offsets = sorted(offsets | set(cal_offsets.values()))
     final_ts = pd.Timestamp(cutoff)
     final_ts = final_ts.tz_localize("UTC") if final_ts.tzinfo is None else final_ts.tz_convert("UTC")
     cut_list = [final_ts - pd.Timedelta(days=o) for o in offsets]
@@ -402,10 +485,18 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
 
         rfm_t, rfm_v = B.rfm_matrix(train_rows), B.rfm_matrix(va)
         rec_t, rec_v = rfm_t[:, 0], rfm_v[:, 0]
+        # The training customers at the same season a year back: the seasonal
+        # calibration of LTV (their labels end before `cut`: nothing of the
+        # validation period is read).
+        cal_frame = None
+        if k in cal_offsets:
+            cf = frame_at[cutoff_at(cal_offsets[k])]
+            cal_frame = cf[~cf["customer_id"].isin(valid_ids)].reset_index(drop=True)
         out = {"cutoff": cut, "va": va, "n_train_rows": len(train_rows), "train_cutoffs": tr_cuts,
                "n_bought": int(summ_t["bought"].sum()), "models": {}}
         def one_model(m: str) -> dict:
             label = LABEL_OF[m]
+            calibration = None
             y_t = train_rows[label].to_numpy(float)
             y_v = va[label].to_numpy(float)
             if m in ("churn", "propensity"):
@@ -435,6 +526,7 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
                     cands, Xt[sel], y_t[sel], inner_valid[sel], seed,
                     lambda y, mod, X: _spearman(y, mod.predict(X)), higher_is_better=True)
                 model = pick.make(seed).fit(Xt, y_t)
+                calibration = calibrate_ltv(model, cal_frame, full_schema, schema)
                 p_model = model.predict(Xv)
                 hgb = B.rfm_boosting_regressor(seed).fit(rfm_t, y_t)
                 Xv_full = F.to_matrix(imp_v, full_schema)
@@ -455,7 +547,8 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
             else:
                 public["model"].update({k2: _r(v) for k2, v in T.regression_metrics(y_v, p_model).items()})
             return {"pick": pick.key, "inner": {k2: _r(v) for k2, v in inner.items()}, "gate": gate,
-                    "metrics": public["model"], "baselines": {k2: v for k2, v in public.items() if k2 != "model"}}
+                    "metrics": public["model"], "baselines": {k2: v for k2, v in public.items() if k2 != "model"},
+                    **({"calibration": calibration} if calibration is not None else {})}
 
         for m, res in zip(models, _map(one_model, list(models), jobs)):
             res["pick"] = PICKABLE[res["pick"]]
@@ -474,7 +567,12 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
         log(f"backtest at {e['cutoff']}: " + "; ".join(f"{m}: {gate_line(x['gate'])}" for m, x in e["models"].items()))
     backtest_table = [
         {"cutoff": e["cutoff"], "train_snapshots": e["train_cutoffs"], "validation_customers": int(len(e["va"])),
-         "models": {m: {"picked": x["pick"].key, "passed": x["gate"]["passed"], "checks": x["gate"]["checks"]}
+         "models": {m: {"picked": x["pick"].key, "passed": x["gate"]["passed"], "checks": x["gate"]["checks"],
+                        **({"calibration_factor": x["calibration"]["factor"]} if "calibration" in x else {}),
+                        # the model and every baseline at this cutoff, on the gate's metrics
+                        "scores": {who: {k2: v[k2] for k2 in ("roc_auc", "log_loss", "spearman", "sum_ratio")
+                                         if k2 in v}
+                                   for who, v in {"model": x["metrics"], **x["baselines"]}.items()}}
                     for m, x in e["models"].items()}}
         for e in [ev0] + backtests
     ] if backtest > 1 else []
@@ -541,6 +639,10 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
     todo = [] if report_dir is not None else reports
     for r, final_model in zip(todo, _map(refit, todo, jobs)):
         r.final_model = final_model
+        if r.name == "ltv":
+            # The written model's own factor: every customer at the same season a year back.
+            r.calibration = calibrate_ltv(final_model, frame_at[cutoff_at(cal_offsets[0])] if 0 in cal_offsets
+                                          else None, full_schema, schema)
         r.card = {
             "description": {
                 "churn": "Probability that the customer makes no purchase in the 90 days after the scoring date (churned = 1).",
@@ -564,6 +666,8 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
             "baselines": r.baselines,
             "gate": r.gate,
         }
+        if r.name == "ltv":
+            r.card["calibration"] = {**r.calibration, "evaluated": ev0["models"]["ltv"].get("calibration", {})}
         r.card["derived_features"] = {
             "note": DERIVED_TEXT if drv_all.active else "none: --features leaves out a feature they need",
             "columns": drv_all.names,
@@ -576,10 +680,20 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
     summary = {
         "cutoff": snaps.cutoffs[0], "seed": seed, "data": data_card, "validation": protocol,
         "models": {r.name: {"metrics": r.metrics, "baselines": r.baselines, "gate": r.gate,
-                            "picked": r.pick.key} for r in reports},
+                            "picked": r.pick.key,
+                            **({"calibration": ev0["models"][r.name]["calibration"]}
+                               if "calibration" in ev0["models"][r.name] else {})} for r in reports},
         "backtests": backtest_table,
         "written": {}, "refused": {},
     }
+    if want_clusters:
+        cl = fit_clusters(final, valid_ids, full_schema, schema, seed, clusters, clusters_max,
+                          write=report_dir is None)
+        cl.report.card.update({**common, "validation": cl.protocol, "data": data_card})
+        summary["clusters"] = {k: cl.report.card[k] for k in ("k_selection", "metrics", "normalization", "clusters")}
+        sel = cl.report.card["k_selection"]
+        log(f"clusters: k = {sel['chosen']}" + (f" by silhouette ({', '.join(f'{k}: {v:.3f}' for k, v in zip(sel['k'], sel['silhouette']))})"
+                                                if "silhouette" in sel else " (fixed)"))
     refused = [r for r in reports if not r.gate["passed"]]
     if report_dir is not None:
         rd = Path(report_dir)
@@ -598,12 +712,49 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
         version, d = write_next_version(repo, r, schema, va, golden_idx, Xv, seed)
         summary["written"][r.name] = version
         print(f"wrote {r.name} version {version} -> {d}", flush=True)
+    if want_clusters:
+        version, d = write_next_version(repo, cl.report, cl.schema, va, golden_idx, cl.X_valid, seed)
+        summary["written"]["clusters"] = version
+        print(f"wrote clusters version {version} -> {d}", flush=True)
     summary["seconds"] = round(time.time() - t0, 1)
     log(f"done in {summary['seconds']}s")
     if refused and not allow_worse:
         raise GateError("; ".join(f"{r.name} not written: " + "; ".join(r.gate["reasons"]) for r in refused)
                         + " (--allow-worse writes it anyway)")
     return summary
+
+
+@dataclass
+class ClusterFit:
+    report: ModelReport
+    schema: list
+    X_valid: np.ndarray
+    protocol: str
+
+
+def fit_clusters(final: pd.DataFrame, valid_ids: set, full_schema, schema, seed: int, clusters, clusters_max: int,
+                 write: bool) -> ClusterFit:
+    """K-Means at the cutoff (clusters.py): k chosen on the training customers by
+    the validation customers' silhouette; the written model (when `write`) is
+    refitted with that k on every customer."""
+    cschema = [f for f in schema if f.name in CL.FEATURES]
+    imp = F.impute(final, full_schema)
+    X = F.to_matrix(imp, cschema)
+    is_valid = final["customer_id"].isin(valid_ids).to_numpy()
+    # One thread, as the other models: OpenMP's threads wait at barriers on a busy 2-core machine.
+    with threadpool_limits(1):
+        c = CL.fit(X[~is_valid], X[is_valid], seed, clusters, clusters_max, X_final=X if write else None)
+    names = [f.name for f in cschema]
+    onx = CL.export(c, "clusters", 0, names)
+    card = CL.card(c, names, X if write else X[~is_valid], X[is_valid], onx, clusters, clusters_max)
+    protocol = (f"k chosen on the {int((~is_valid).sum()):,} training customers at the cutoff (the same customer "
+                f"split as the other models) by the mean silhouette of {c.silhouette_rows:,} of the "
+                f"{int(is_valid.sum()):,} validation customers; "
+                + ("the written model was refitted with that k on every customer at the cutoff."
+                   if write else "nothing written (--report)."))
+    report = ModelReport(name="clusters", task="clustering", metrics=card["metrics"], baselines={},
+                         gate={"passed": True, "checks": [], "reasons": []}, card=card, final_model=c)
+    return ClusterFit(report, cschema, X[is_valid], protocol)
 
 
 def gate_of(m: str, stats: dict, base_names: list[str], checks: list[tuple[str, bool]]) -> dict:
@@ -678,6 +829,27 @@ def markdown_report(s: dict) -> str:
                     lines.append(f"| {b['cutoff'][:10]} | {name} | {c['metric']} | {c['model_value']} | "
                                  f"{c.get('best_baseline', '0.9-1.1')} {c.get('best_baseline_value', '')} | "
                                  f"{c.get('margin', '')} | {'yes' if c['passed'] else 'NO'} |")
+        lines += ["", "every scorer at every cutoff:", "", "| cutoff | model | metric | pipeline | baselines |",
+                  "|---|---|---|---|---|"]
+        for b in s["backtests"]:
+            for name, x in b["models"].items():
+                sc = x["scores"]
+                for metric in sc["model"]:
+                    base = "; ".join(f"{who} {v[metric]}" for who, v in sc.items() if who != "model" and metric in v)
+                    lines.append(f"| {b['cutoff'][:10]} | {name} | {metric} | {sc['model'][metric]} | {base} |")
+    if s.get("clusters"):
+        sel = s["clusters"]["k_selection"]
+        lines += ["", f"clusters: k = {sel['chosen']}; {sel['method']}"]
+        if "silhouette" in sel:
+            lines += ["", "| k | " + " | ".join(map(str, sel["k"])) + " |", "|---|" + "---|" * len(sel["k"]),
+                      "| silhouette | " + " | ".join(f"{v:.4f}" for v in sel["silhouette"]) + " |"]
+        lines += ["", "| cluster | label | validation share |", "|---|---|---|"]
+        lines += [f"| {c['id']} | {c['label']} | {c['valid_share']:.3f} |" for c in s["clusters"]["clusters"]]
+    cal = s["models"].get("ltv", {}).get("calibration")
+    if cal:
+        lines += ["", f"ltv seasonal calibration: factor {cal['factor']}"
+                  + (f" (snapshot {cal['snapshot'][:10]}, {cal.get('buyers', 0):,} buyers)" if "snapshot" in cal else "")
+                  + f"; {cal['note']}"]
     lines += ["", "gate: " + "; ".join(f"{n}: {'passed' if m['gate']['passed'] else 'FAILED ' + '; '.join(m['gate']['reasons'])}"
                                       for n, m in s["models"].items())]
     return "\n".join(lines) + "\n"
@@ -707,14 +879,22 @@ def write_next_version(repo: Path, r: ModelReport, schema, va, golden_idx, Xv, s
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
         model = r.final_model
-        if r.task == "regression":
+        cluster = None
+        if r.task == "clustering":
+            onx = CL.export(model, r.name, version, names)
+            score = {"output": "scores", "column": 0}
+            cluster, expected = CL.score(onx, Xv)
+        elif r.task == "regression":
             onx = T.export_regressor(model, len(names), r.name, version, names)
             score, out, col = {"output": "ltv", "column": 0}, "ltv", 0
         else:
             onx = T.export_classifier(model, len(names), r.name, version, names)
             score, out, col = {"output": "probabilities", "column": 1}, "probabilities", 1
-        expected = T.run_onnx(onx, Xv, out, col)
+        if r.task != "clustering":
+            expected = T.run_onnx(onx, Xv, out, col)
         golden = va.iloc[golden_idx][["customer_id"] + names].reset_index(drop=True)
+        if cluster is not None:
+            golden["expected_cluster"] = cluster[golden_idx]
         golden["expected"] = expected[golden_idx].astype(np.float64)
         T.write_version_files(staging, r.name, version, r.task, onx, score, golden, r.card, schema)
         os.chmod(staging, 0o755)

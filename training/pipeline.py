@@ -372,7 +372,7 @@ def _synthetic_parser(sub) -> None:
 def _fit_parser(sub) -> None:
     ap = sub.add_parser(
         "fit", allow_abbrev=False,
-        help="train churn, ltv and propensity on your own events and write them as next versions",
+        help="train churn, ltv, propensity and clusters on your own events and write them as next versions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=FIT.__doc__)
     ap.add_argument("--events", required=True,
@@ -383,7 +383,7 @@ def _fit_parser(sub) -> None:
     ap.add_argument("--model-repository", default=str(HERE.parent / "models"),
                     help="the repository to add versions to (default: models); existing versions are never touched")
     ap.add_argument("--models", default=",".join(FIT.MODELS),
-                    help="models to train, comma-separated (default: churn,ltv,propensity)")
+                    help="models to train, comma-separated (default: churn,ltv,propensity,clusters)")
     ap.add_argument("--report", metavar="DIR",
                     help="write the evaluation (report.json, report.md) to DIR and no model version")
     ap.add_argument("--allow-worse", action="store_true",
@@ -405,6 +405,11 @@ def _fit_parser(sub) -> None:
     ap.add_argument("--observed-until", metavar="DATE",
                     help="when the data's observation ends (default: the last event); label windows must fit before it")
     ap.add_argument("--features", help="train on these features only (comma-separated, features.toml order kept)")
+    ap.add_argument("--clusters", default="auto", metavar="K|auto",
+                    help="K-Means clusters: a number, or auto (default) to choose k in 2..--clusters-max by the "
+                         "validation customers' silhouette")
+    ap.add_argument("--clusters-max", type=int, default=10, metavar="K",
+                    help="the largest k --clusters auto tries (default 10)")
 
 
 def parse_args(argv=None):
@@ -429,6 +434,8 @@ def parse_args(argv=None):
         if unknown or not args.models:
             ap.error(f"--models: unknown model(s) {sorted(unknown)}; choose from {', '.join(FIT.MODELS)}")
         args.features = [f.strip() for f in args.features.split(",")] if args.features else None
+        if args.clusters != "auto" and not (args.clusters.isdigit() and int(args.clusters) >= 2):
+            ap.error(f"--clusters: `{args.clusters}`: expected a number of clusters (at least 2) or auto")
     return args
 
 
@@ -444,6 +451,7 @@ def main(argv=None):
                 shards=args.shards,
                 feature_names=args.features,
                 observed_until=args.observed_until,
+                clusters=args.clusters, clusters_max=args.clusters_max,
             )
         except FIT.GateError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ import features as F
 
 TARGET_OPSET = 17
 INPUT_NAME = "features"
-TOLERANCE = {"binary_classification": 1e-5, "regression": 1e-4}
+TOLERANCE = {"binary_classification": 1e-5, "regression": 1e-4, "clustering": 1e-5}
 GOLDEN_ROWS = 250
 
 
@@ -154,16 +155,20 @@ class Plain:
 class PoissonMean:
     """A regressor with a log link and Poisson deviance (HistGradientBoosting
     `loss="poisson"`): it predicts the mean of a non-negative target, so sums
-    over customers are a revenue forecast without a calibration factor."""
+    over customers are a revenue forecast. `factor` is a seasonal calibration
+    (fit.py sets it from a same-season snapshot a year back; 1 = none); the
+    ONNX graph multiplies by the same float32 constant after the link's Exp."""
 
     model: Any
+    factor: float = 1.0
 
     def fit(self, X, y):
         self.model.fit(X, y)
         return self
 
     def predict(self, X):
-        return self.model.predict(X)
+        raw = self.model.predict(X)
+        return raw if self.factor == 1.0 else raw * float(np.float32(self.factor))
 
 
 def gbr_log(seed: int) -> LogTarget:
@@ -235,15 +240,25 @@ def export_classifier(model, n_features: int, name: str, version: int, feature_n
     derived columns from the served `features` first."""
     model, derived, inner_input = _unwrap(model)
     width = n_features + (len(derived.names) if derived else 0)
-    onx = convert_sklearn(
-        model,
-        name=f"segscore_{name}",
-        initial_types=[(inner_input, FloatTensorType([None, width]))],
-        target_opset=TARGET_OPSET,
-        options={id(model): {"zipmap": False}},
-    )
+    with warnings.catch_warnings():
+        # skl2onnx 1.20's VotingClassifier converter passes booleans as ints to
+        # onnx.helper (a DeprecationWarning per call; the pinned protobuf accepts them).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="onnx.helper")
+        onx = convert_sklearn(
+            model,
+            name=f"segscore_{name}",
+            initial_types=[(inner_input, FloatTensorType([None, width]))],
+            target_opset=TARGET_OPSET,
+            options={id(model): {"zipmap": False}},
+        )
     if derived is not None:
         derived.prepend(onx.graph, inner_input, INPUT_NAME)
+    # skl2onnx's VotingClassifier leaves an unused initializer (`classes_ind`), which
+    # ONNX Runtime warns about at every load; drop any such (a no-op for the others).
+    used = {i for n in onx.graph.node for i in n.input}
+    unused = [t for t in onx.graph.initializer if t.name not in used]
+    for t in unused:
+        onx.graph.initializer.remove(t)
     outs = [o.name for o in onx.graph.output]
     if outs != ["label", "probabilities"]:
         raise RuntimeError(f"unexpected classifier outputs {outs}")
@@ -258,6 +273,8 @@ def export_regressor(reg, n_features: int, name: str, version: int, feature_name
     est, derived, inner_input = _unwrap(reg)
     if derived is not None:
         reg = est
+    # A calibrated PoissonMean carries its own factor (the graph's ltv_calibration Mul).
+    factor = float(np.float32(factor * getattr(reg, "factor", 1.0)))
     width = n_features + (len(derived.names) if derived else 0)
     onx = convert_sklearn(
         reg.model,
@@ -450,7 +467,9 @@ def write_version_files(
     d = Path(d)
     model_path = d / "model.onnx"
     model_path.write_bytes(model_bytes)
-    F.write_feature_csv(d / "golden.csv", golden_df, schema, extra=["expected"])
+    # A clustering golden set has the cluster next to the distance (as the server checks it).
+    F.write_feature_csv(d / "golden.csv", golden_df, schema,
+                        extra=[c for c in ("expected_cluster", "expected") if c in golden_df.columns])
     features_raw = [f.raw for f in schema]
     text = render_manifest(
         name, version, task, "model.onnx", sha256_file(model_path), score, features_raw,

@@ -48,15 +48,49 @@ def fitted(orders, tmp_path_factory):
 
 def test_fit_writes_next_versions_and_leaves_existing_ones_byte_identical(fitted):
     repo, before, out = fitted
-    for line in ("wrote churn version 3", "wrote ltv version 2", "wrote propensity version 3"):
+    for line in ("wrote churn version 3", "wrote ltv version 2", "wrote propensity version 3",
+                 "wrote clusters version 2"):
         assert line in out.stdout, out.stdout
     after = tree_digest(repo)
     assert {k: after[k] for k in before} == before, "an existing file changed"
     new = {str(Path(k).parent) for k in set(after) - set(before)}
-    assert new == {"churn/3", "ltv/2", "propensity/3"}
+    assert new == {"churn/3", "ltv/2", "propensity/3", "clusters/2"}
     assert not [p for p in repo.rglob(".staging-*")], "a staging directory was left behind"
-    for version in new:
+    for version in new - {"clusters/2"}:
         check_version(repo / version, min_rows=150, every_region=False)
+
+
+def test_clusters_are_the_next_version_in_the_served_contract(fitted, orders):
+    """clusters/2 next to the shipped smartcore clusters/1: an ONNX clustering
+    version whose golden set is what the server computes (nearest centroid of
+    `scores`, its distance), with the k curve and the normalisation in its card."""
+    import pandas as pd
+
+    import clusters as CL
+    import features as F
+
+    repo = fitted[0]
+    d = repo / "clusters/2"
+    m = load_manifest(d)
+    assert (m["task"], m["format"], m["score"]) == ("clustering", "onnx", {"output": "scores", "column": 0})
+    assert [f["name"] for f in m["features"]] == list(CL.FEATURES) and m["golden"]["tolerance"] == 1e-5
+    model = (d / "model.onnx").read_bytes()
+    assert hashlib.sha256(model).hexdigest() == m["sha256"]
+    schema = [f for f in F.load_schema() if f.name in CL.FEATURES]
+    golden = F.read_feature_csv(d / "golden.csv", schema)
+    header = (d / "golden.csv").read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["expected_cluster", "expected"] and len(golden) >= 150
+    cluster, distance = CL.score(model, F.to_matrix(F.impute(golden, schema), schema))
+    raw = pd.read_csv(d / "golden.csv")
+    assert np.array_equal(cluster, raw["expected_cluster"].to_numpy())
+    np.testing.assert_allclose(distance, raw["expected"].to_numpy(), rtol=1e-5, atol=1e-5)
+    card = m["card"]
+    sel = card["k_selection"]
+    assert sel["k"] == list(range(2, 11)) and sel["chosen"] == sel["k"][int(np.argmax(sel["silhouette"]))]
+    assert len(card["clusters"]) == sel["chosen"] == len(card["metrics"]["cluster_shares_valid"])
+    # purchases-only: the behavioural columns are constant, weight 0
+    assert card["normalization"]["sd"]["sessions_7d"] == 0.0 and card["normalization"]["sd"]["recency_days"] > 0
+    assert card["data"]["sources"][0]["rows"] == sum(1 for _ in open(orders)) - 1
 
 
 def test_cards_describe_the_data_given(fitted, orders):
@@ -97,6 +131,12 @@ def test_ltv_is_a_mean_and_the_graph_computes_the_derived_features(fitted):
     assert [i.name for i in graph.input] == ["features"]
     assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == 12, "served on the 12 served features"
     assert "sum_ratio" in card["metrics"] and "sum_ratio_ci95" in card["metrics"]
+    # The seasonal calibration is the graph's Mul, with the card's factor.
+    cal = card["calibration"]
+    assert cal["snapshot"] == "2024-01-03T00:00:00Z" and cal["factor"] != 1.0
+    (factor,) = [onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name == "ltv_factor"]
+    assert float(factor[0]) == pytest.approx(cal["factor"], rel=1e-6)
+    assert "ltv_calibration" in [n.name for n in graph.node]
     for version in ("churn/3", "ltv/2", "propensity/3"):
         d = load_manifest(repo / version)["card"]["derived_features"]
         assert d["columns"][:4] == ["recency_over_gap", "purchase_rate", "recency_share", "recent_share"]
@@ -148,26 +188,65 @@ def test_backtest_reports_every_cutoff(orders, tmp_path):
     for b in report["backtests"]:
         assert [c["metric"] for c in b["models"]["churn"]["checks"]] == ["roc_auc", "log_loss"]
     assert report["backtests"][0]["models"]["churn"]["checks"] == report["models"]["churn"]["gate"]["checks"]
+    for b in report["backtests"]:
+        scores = b["models"]["churn"]["scores"]
+        assert set(scores) == {"model", "recency_alone", "bgnbd", "rfm_logistic_regression", "rfm_gradient_boosting"}
+        assert all(set(v) == {"roc_auc", "log_loss"} for v in scores.values())
+    assert "every scorer at every cutoff" in (tmp_path / "report.md").read_text()
     assert "| 2024-11-06 | churn | roc_auc |" in (tmp_path / "report.md").read_text()
 
 
 def test_the_gate_refuses_a_useless_feature_set(orders, tmp_path):
     repo = tmp_path / "models"
     out = run_cli("fit", "--events", orders, "--cutoff", CUTOFF, "--model-repository", repo,
-                  "--models", "churn", "--features", "region", "--snapshots", 0)
+                  "--models", "churn,ltv", "--features", "region", "--snapshots", 0)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "churn not written: roc_auc 0.5000 is" in out.stderr and "below the best baseline" in out.stderr
-    assert not (repo / "churn").exists() or not any((repo / "churn").iterdir())
+    # The calibrated total does not buy a useless LTV model a pass: it still ranks no one.
+    assert "ltv not written: spearman" in out.stderr
+    for m in ("churn", "ltv"):
+        assert not (repo / m).exists() or not any((repo / m).iterdir())
+
+
+def test_ltv_calibration_keeps_the_total_in_range_on_a_held_out_period(orders, tmp_path):
+    """The evaluated model trained on snapshots before the cutoff, judged on the
+    validation customers' following year; its factor measured a year back (labels
+    that end before the cutoff). On this small draw the uncalibrated total is 29%
+    over (the December features at a 1 January cutoff); calibrated it is in range."""
+    import json
+
+    FIT.fit(orders, CUTOFF, None, models=("ltv",), report_dir=tmp_path, jobs=1, log=lambda *_: None)
+    ltv = json.loads((tmp_path / "report.json").read_text())["models"]["ltv"]
+    cal, ratio = ltv["calibration"], ltv["metrics"]["sum_ratio"]
+    assert cal["snapshot"] == "2024-01-03T00:00:00Z" and cal["buyers"] >= FIT.CALIBRATION_MIN_BUYERS
+    assert 0.9 <= ratio <= 1.1
+    assert not 0.9 <= ratio / cal["factor"] <= 1.1, "the draw no longer shows what the calibration fixes"
+    assert "ltv seasonal calibration: factor" in (tmp_path / "report.md").read_text()
+
+
+def test_no_calibration_without_a_year_of_history():
+    import features as F
+    import train as T
+
+    day = F.US_PER_DAY
+    start = F._cutoff_us("2021-01-01")
+    assert FIT.calibration_possible(start + FIT.CALIBRATION_HISTORY_DAYS * day, start)
+    assert not FIT.calibration_possible(start + FIT.CALIBRATION_HISTORY_DAYS * day - 1, start)
+    model = T.PoissonMean(None, factor=0.5)
+    cal = FIT.calibrate_ltv(model, None, F.load_schema(), F.load_schema())
+    assert cal["factor"] == 1.0 and model.factor == 1.0 and cal["note"].startswith("none")
 
 
 def test_same_seed_same_model_bytes(orders, tmp_path):
     digests = []
     for run in ("a", "b"):
-        FIT.fit(orders, CUTOFF, tmp_path / run, models=("propensity",), allow_worse=True, seed=3,
-                snapshots=0, log=lambda *_: None)
-        m = load_manifest(tmp_path / run / "propensity/1")
-        assert hashlib.sha256((tmp_path / run / "propensity/1/model.onnx").read_bytes()).hexdigest() == m["sha256"]
-        digests.append(m["sha256"])
+        FIT.fit(orders, CUTOFF, tmp_path / run, models=("propensity", "clusters"), allow_worse=True, seed=3,
+                snapshots=0, jobs=1, log=lambda *_: None)
+        ms = [load_manifest(tmp_path / run / f"{m}/1") for m in ("propensity", "clusters")]
+        for m in ms:
+            onnx_file = tmp_path / run / m["name"] / "1/model.onnx"
+            assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == m["sha256"]
+        digests.append([m["sha256"] for m in ms])
     assert digests[0] == digests[1]
 
 
