@@ -119,6 +119,20 @@ pub struct ServeArgs {
     /// rescan at once); 0 turns watching off.
     #[arg(long, env = "SEGSCORE_WATCH_INTERVAL_MS", default_value_t = 2000)]
     pub watch_interval_ms: u64,
+    /// HTTP listen address of the REST front end: KServe V2 REST
+    /// (`/v2/...`), segscore JSON (`/v1/...`) and `/openapi.json`, with the
+    /// same models, limits, tokens and TLS as gRPC (off by default).
+    #[arg(long, env = "SEGSCORE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Browser origin allowed to call the HTTP API (CORS), e.g.
+    /// `https://shop.example`; repeat for more, `*` for any. None by
+    /// default: browsers on other origins are refused.
+    #[arg(long, env = "SEGSCORE_HTTP_CORS_ORIGIN", value_delimiter = ',')]
+    pub http_cors_origin: Vec<String>,
+    /// Largest HTTP request body, in bytes; larger ones get 413 (0 = the
+    /// gRPC limit, --max-message-bytes).
+    #[arg(long, env = "SEGSCORE_HTTP_MAX_BODY_BYTES", default_value_t = 0)]
+    pub http_max_body_bytes: usize,
     /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
     #[arg(long, env = "SEGSCORE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -212,6 +226,15 @@ impl ServeArgs {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The HTTP body cap: --http-max-body-bytes, else --max-message-bytes.
+    pub fn http_max_body(&self) -> usize {
+        if self.http_max_body_bytes > 0 {
+            self.http_max_body_bytes
+        } else {
+            self.max_message_bytes
+        }
     }
 
     pub fn default_deadline(&self) -> Option<Duration> {
