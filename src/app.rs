@@ -164,20 +164,15 @@ impl Application {
         let background =
             self.spawn_background(&lifecycle, &health, metrics, draining_rx.clone())?;
         let (reflection_v1, reflection_v1alpha) = reflection()?;
-        info!(
-            %addr,
-            models = ?self.repository.load().serving_names(),
-            tls = self.tls.is_some(),
-            mtls = self.config.tls_client_ca.is_some(),
-            auth = self.auth.is_enabled(),
-            "serving"
-        );
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // The HTTP server stops accepting when draining starts, like gRPC,
         // and is awaited with it (same shutdown timeout).
         let http_server = match (self.http_listener.take(), http) {
             (Some(listener), Some(state)) => {
-                info!(addr = %listener.local_addr()?, cors = ?self.config.http_cors_origin, "HTTP on /v1, /v2, /openapi.json");
+                info!(
+                    http_addr = %listener.local_addr()?,
+                    cors = ?self.config.http_cors_origin,
+                    "HTTP on /v1, /v2, /openapi.json"
+                );
                 let router = crate::http::router(state, &self.config.http_cors_origin)?;
                 let mut draining = draining_rx.clone();
                 let stop = async move {
@@ -187,6 +182,15 @@ impl Application {
             }
             _ => None,
         };
+        info!(
+            %addr,
+            models = ?self.repository.load().serving_names(),
+            tls = self.tls.is_some(),
+            mtls = self.config.tls_client_ca.is_some(),
+            auth = self.auth.is_enabled(),
+            "serving"
+        );
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let draining = health.clone();
         let signal = async move {
             shutdown.await;

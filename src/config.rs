@@ -274,6 +274,14 @@ impl ServeArgs {
         if self.max_rows_per_request == 0 || self.engine.max_batch_rows == 0 {
             return Err("--max-rows-per-request and --max-batch-rows must be at least 1".into());
         }
+        if self.http_addr.is_some() && self.tls_cert.is_some() {
+            // Never serve in clear text what the operator asked to encrypt.
+            return Err(
+                "--http-addr does not serve TLS yet: with --tls-cert, put the HTTP \
+                        front end behind a TLS-terminating proxy, or leave --http-addr unset"
+                    .into(),
+            );
+        }
         if self.engine.workers == Some(0) {
             return Err("--workers must be at least 1".into());
         }
