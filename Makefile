@@ -14,10 +14,12 @@ DEPLOY_REQUIREMENTS := deploy/requirements.txt
 BIN := target/release/segscore
 SEED ?= 20261123
 CUSTOMERS ?= 50000
-# Where `make run` listens.
+# Where `make run` listens: gRPC, and the REST front end (KServe V2 REST,
+# segscore JSON, /openapi.json).
 ADDR ?= 127.0.0.1:50051
+HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test test-stress build venv perf-analyzer lint models validate bench bench-bulk bulk-data clean deploy-check
+.PHONY: run test test-stress build venv perf-analyzer chromium lint models validate bench bench-bulk bulk-data clean deploy-check
 
 # The venv carries the pinned onnxruntime wheel, whose libonnxruntime.so the
 # server loads (ort load-dynamic), plus the training pipeline's dependencies.
@@ -55,13 +57,22 @@ $(PERF_ANALYZER): $(VENV_STAMP) $(PERF_ANALYZER_REQUIREMENTS) | $(LIBB64)
 
 perf-analyzer: $(PERF_ANALYZER)
 
+# Headless Chromium (Debian's) for tests/api/browser.rs, which loads the
+# segments page snippet of docs/api.md against a running segscore.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+chromium: $(CHROMIUM)
+
 build: venv
 	$(CARGO) build --release --locked
 
 run: build
-	$(BIN) serve --model-repository models --segments segments.toml --addr $(ADDR)
+	$(BIN) serve --model-repository models --segments segments.toml --addr $(ADDR) --http-addr $(HTTP_ADDR)
 
-test: venv perf-analyzer lint
+test: venv perf-analyzer chromium lint
 	$(VENV)/bin/python -m pytest training/tests -q
 	$(CARGO) test --release --locked
 	# An unmodified standard client (tritonclient) against the release binary

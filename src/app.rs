@@ -33,9 +33,12 @@ use crate::{
     segments::{self, Segments, SharedSegments},
 };
 
-/// A loaded repository and a bound listener, ready to serve.
+/// A loaded repository and bound listeners (gRPC, and HTTP with
+/// --http-addr), ready to serve.
 pub struct Application {
     listener: TcpListener,
+    /// The REST front end's listener (--http-addr).
+    http_listener: Option<TcpListener>,
     repository: SharedRepository,
     segments: SharedSegments,
     config: ServeArgs,
@@ -96,8 +99,17 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
+        let http_listener = match config.http_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --http-addr {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            http_listener,
             repository: Arc::new(arc_swap::ArcSwap::from_pointee(repository)),
             segments: Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
             config,
@@ -110,6 +122,13 @@ impl Application {
     /// Where `/metrics` is served, when `--metrics-addr` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    /// Where the REST front end listens, when `--http-addr` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -140,10 +159,29 @@ impl Application {
         let lifecycle = Lifecycle::new(self.repository.clone(), registry.clone());
         // Told when draining starts (below), so open streams end promptly.
         let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
-        let services = self.services(&lifecycle, registry.clone(), draining_rx.clone())?;
+        let (services, http) = self.services(&lifecycle, registry.clone(), draining_rx.clone())?;
         let metrics = self.metrics.take();
-        let background = self.spawn_background(&lifecycle, &health, metrics, draining_rx)?;
+        let background =
+            self.spawn_background(&lifecycle, &health, metrics, draining_rx.clone())?;
         let (reflection_v1, reflection_v1alpha) = reflection()?;
+        // The HTTP server stops accepting when draining starts, like gRPC,
+        // and is awaited with it (same shutdown timeout).
+        let http_server = match (self.http_listener.take(), http) {
+            (Some(listener), Some(state)) => {
+                info!(
+                    http_addr = %listener.local_addr()?,
+                    cors = ?self.config.http_cors_origin,
+                    "HTTP on /v1, /v2, /openapi.json"
+                );
+                let router = crate::http::router(state, &self.config.http_cors_origin)?;
+                let mut draining = draining_rx.clone();
+                let stop = async move {
+                    let _ = draining.wait_for(|d| *d).await;
+                };
+                Some(tokio::spawn(crate::http::serve(listener, router, stop)))
+            }
+            _ => None,
+        };
         info!(
             %addr,
             models = ?self.repository.load().serving_names(),
@@ -187,9 +225,20 @@ impl Application {
                 signal,
             );
         let timeout = self.config.shutdown_timeout();
-        tokio::pin!(server);
+        let http_done = async move {
+            match http_server {
+                Some(task) => task.await.context("HTTP server task")?,
+                None => Ok(()),
+            }
+        };
+        let both = async move {
+            let (grpc, http) = tokio::join!(server, http_done);
+            grpc.context("gRPC server")?;
+            http
+        };
+        tokio::pin!(both);
         tokio::select! {
-            result = &mut server => result.context("gRPC server")?,
+            result = &mut both => result?,
             _ = async {
                 let _ = stopping_rx.await;
                 tokio::time::sleep(timeout).await;
@@ -210,7 +259,7 @@ impl Application {
         lifecycle: &Arc<Lifecycle>,
         registry: Option<Arc<Metrics>>,
         draining: tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<Services> {
+    ) -> anyhow::Result<(Services, Option<Arc<crate::http::HttpState>>)> {
         let max = self.config.max_message_bytes;
         let gate = RequestGate::new(
             self.config.max_concurrent_requests,
@@ -229,15 +278,30 @@ impl Application {
         )
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-        let inference =
-            GrpcInferenceServiceServer::new(InferenceService::new(lifecycle.clone(), scorer, gate))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max);
-        Ok(Services {
-            scoring,
-            inference,
-            admin: ModelAdminServer::new(AdminService::new(lifecycle.clone())),
-        })
+        let oip = InferenceService::new(lifecycle.clone(), scorer.clone(), gate.clone());
+        // The REST front end shares the OIP service, the core and the gate:
+        // one concurrency limit, one set of statistics.
+        let http = self.config.http_addr.map(|_| {
+            Arc::new(crate::http::HttpState {
+                inference: oip.clone(),
+                scorer,
+                gate,
+                auth: self.auth.clone(),
+                open: self.auth.enforced_if(self.config.auth_health),
+                max_body: self.config.http_max_body(),
+            })
+        });
+        let inference = GrpcInferenceServiceServer::new(oip)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        Ok((
+            Services {
+                scoring,
+                inference,
+                admin: ModelAdminServer::new(AdminService::new(lifecycle.clone())),
+            },
+            http,
+        ))
     }
 
     /// Health, metrics, the repository watcher and the rules watcher. They

@@ -119,6 +119,20 @@ pub struct ServeArgs {
     /// rescan at once); 0 turns watching off.
     #[arg(long, env = "SEGSCORE_WATCH_INTERVAL_MS", default_value_t = 2000)]
     pub watch_interval_ms: u64,
+    /// HTTP listen address of the REST front end: KServe V2 REST
+    /// (`/v2/...`), segscore JSON (`/v1/...`) and `/openapi.json`, with the
+    /// same models, limits, tokens and TLS as gRPC (off by default).
+    #[arg(long, env = "SEGSCORE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Browser origin allowed to call the HTTP API (CORS), e.g.
+    /// `https://shop.example`; repeat for more, `*` for any. None by
+    /// default: browsers on other origins are refused.
+    #[arg(long, env = "SEGSCORE_HTTP_CORS_ORIGIN", value_delimiter = ',')]
+    pub http_cors_origin: Vec<String>,
+    /// Largest HTTP request body, in bytes; larger ones get 413 (0 = the
+    /// gRPC limit, --max-message-bytes).
+    #[arg(long, env = "SEGSCORE_HTTP_MAX_BODY_BYTES", default_value_t = 0)]
+    pub http_max_body_bytes: usize,
     /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
     #[arg(long, env = "SEGSCORE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -214,6 +228,15 @@ impl ServeArgs {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
 
+    /// The HTTP body cap: --http-max-body-bytes, else --max-message-bytes.
+    pub fn http_max_body(&self) -> usize {
+        if self.http_max_body_bytes > 0 {
+            self.http_max_body_bytes
+        } else {
+            self.max_message_bytes
+        }
+    }
+
     pub fn default_deadline(&self) -> Option<Duration> {
         (self.default_deadline_ms > 0).then(|| Duration::from_millis(self.default_deadline_ms))
     }
@@ -250,6 +273,14 @@ impl ServeArgs {
         }
         if self.max_rows_per_request == 0 || self.engine.max_batch_rows == 0 {
             return Err("--max-rows-per-request and --max-batch-rows must be at least 1".into());
+        }
+        if self.http_addr.is_some() && self.tls_cert.is_some() {
+            // Never serve in clear text what the operator asked to encrypt.
+            return Err(
+                "--http-addr does not serve TLS yet: with --tls-cert, put the HTTP \
+                        front end behind a TLS-terminating proxy, or leave --http-addr unset"
+                    .into(),
+            );
         }
         if self.engine.workers == Some(0) {
             return Err("--workers must be at least 1".into());

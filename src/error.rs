@@ -1,9 +1,11 @@
-//! The API layer's error and its one mapping to `tonic::Status`.
+//! The API layer's error and its one mapping to each protocol's status.
 //!
 //! Layer errors (features, repository, engine) live beside their code; this enum
-//! adds which model/version they concern, and [`From<ApiError> for Status`] is the
-//! single place where a failure gets its gRPC code, so the code a client sees for
-//! a kind of failure cannot drift between RPCs.
+//! adds which model/version they concern. [`ApiError::code`] is the single place
+//! where a failure gets its gRPC code and [`ApiError::http_status`] its HTTP
+//! status, both exhaustive, so what a client sees for a kind of failure cannot
+//! drift between RPCs or between the gRPC and the HTTP front ends (whose
+//! messages are the same `Display`).
 
 use tonic::{Code, Status};
 
@@ -48,6 +50,12 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    /// No accepted bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token whose role may not call this.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Lifecycle(#[from] LifecycleCommandError),
     #[error("model `{model}` version {version}: {source}")]
@@ -78,9 +86,11 @@ impl ApiError {
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(err: ApiError) -> Self {
-        let code = match &err {
+impl ApiError {
+    /// The gRPC code of this failure (also the `code` label of the request
+    /// metrics, whichever protocol the request came over).
+    pub fn code(&self) -> Code {
+        match self {
             ApiError::Batch(BatchError::TooManyRows { .. })
             | ApiError::TooLarge(_)
             | ApiError::Overloaded(_) => Code::ResourceExhausted,
@@ -94,6 +104,8 @@ impl From<ApiError> for Status {
                 Code::FailedPrecondition
             }
             ApiError::Internal(_) => Code::Internal,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Lifecycle(e) => match e {
                 LifecycleCommandError::Resolve(_)
                 | LifecycleCommandError::Lifecycle(
@@ -116,7 +128,67 @@ impl From<ApiError> for Status {
                 ScoreError::DeadlineExceeded => Code::DeadlineExceeded,
                 ScoreError::Backend(_) => Code::Internal,
             },
-        };
-        Status::new(code, err.to_string())
+        }
+    }
+
+    /// The HTTP status of this failure. It follows the gRPC code, except
+    /// that RESOURCE_EXHAUSTED splits in two: a request too large for the
+    /// server is 413 (retrying it cannot help), a full server is 429
+    /// (retrying later can).
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode as S;
+        match self {
+            ApiError::Batch(BatchError::TooManyRows { .. }) | ApiError::TooLarge(_) => {
+                return S::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Overloaded(_)
+            | ApiError::Score {
+                source: ScoreError::QueueFull { .. },
+                ..
+            } => return S::TOO_MANY_REQUESTS,
+            _ => {}
+        }
+        match self.code() {
+            Code::Ok => S::OK,
+            Code::InvalidArgument | Code::OutOfRange => S::BAD_REQUEST,
+            Code::NotFound => S::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+            Code::FailedPrecondition => S::PRECONDITION_FAILED,
+            Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+            Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+            Code::Unavailable => S::SERVICE_UNAVAILABLE,
+            Code::Unauthenticated => S::UNAUTHORIZED,
+            Code::PermissionDenied => S::FORBIDDEN,
+            Code::Unimplemented => S::NOT_IMPLEMENTED,
+            Code::Cancelled => S::REQUEST_TIMEOUT,
+            Code::Unknown | Code::Internal | Code::DataLoss => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        Status::new(err.code(), err.to_string())
+    }
+}
+
+/// The gRPC code an HTTP answer stands for, carried in the response's
+/// extensions so the HTTP front end records the same `code` label as gRPC.
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredCode(pub Code);
+
+/// `{"error": "…"}` with [`ApiError::http_status`]: the body the KServe V2
+/// REST protocol specifies for errors, and the same message gRPC sends.
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let status = self.http_status();
+        let code = self.code();
+        let mut response = (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        response.extensions_mut().insert(AnsweredCode(code));
+        response
     }
 }

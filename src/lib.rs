@@ -23,6 +23,7 @@ pub mod echo;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod proto;

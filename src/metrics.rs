@@ -92,13 +92,13 @@ impl Metrics {
             registry: Registry::new(),
             requests: counter(
                 "segscore_requests_total",
-                "gRPC requests (ScoreStream: chunks) by method and status code",
-                &["method", "code"],
+                "Scoring requests (ScoreStream: chunks) by method, protocol (grpc|http) and status code",
+                &["method", "protocol", "code"],
             ),
             request_duration: histogram(
                 "segscore_request_duration_seconds",
-                "Time from request decoded to response ready, by method and status code",
-                &["method", "code"],
+                "Time from request decoded to response ready, by method, protocol and status code",
+                &["method", "protocol", "code"],
                 LATENCY_BUCKETS,
             ),
             model_request_duration: histogram(
@@ -282,15 +282,17 @@ impl Metrics {
     pub fn request<'a>(
         &self,
         method: &str,
+        protocol: crate::api::gate::Protocol,
         code: tonic::Code,
         elapsed: Duration,
         models: impl IntoIterator<Item = (&'a str, u64)>,
     ) {
         let code = format!("{code:?}");
-        self.requests.with_label_values(&[method, &code]).inc();
+        let labels = [method, protocol.as_str(), &code];
+        self.requests.with_label_values(&labels).inc();
         let seconds = elapsed.as_secs_f64();
         self.request_duration
-            .with_label_values(&[method, &code])
+            .with_label_values(&labels)
             .observe(seconds);
         for (model, version) in models {
             self.model_request_duration

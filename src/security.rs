@@ -21,7 +21,7 @@ use tonic::{
     Status,
 };
 
-use crate::echo::echo_up_to;
+use crate::{echo::echo_up_to, error::ApiError};
 
 /// What a token may call. `Score` covers scoring and reading (Score,
 /// ScoreStream, ListModels, GetModel, ListSegments, OIP ModelInfer,
@@ -275,8 +275,22 @@ impl BearerAuth {
         })
     }
 
-    /// Whether a call to `path` with these headers may proceed.
+    /// Whether a call to the gRPC method `path` with these headers may
+    /// proceed.
     pub fn authorize(&self, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
+        self.authorize_role(required_role(path), path, headers)
+            .map_err(Status::from)
+    }
+
+    /// Whether a call needing `needed`, to `what` (a gRPC method or an HTTP
+    /// route, named in the refusal), may proceed with these headers: the one
+    /// check both front ends make, with the same messages.
+    pub fn authorize_role(
+        &self,
+        needed: Role,
+        what: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<(), ApiError> {
         if !self.enforce {
             return Ok(());
         }
@@ -284,18 +298,19 @@ impl BearerAuth {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| bearer_token(v.as_bytes()));
         let Some(presented) = presented else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` metadata",
+            return Err(ApiError::Unauthenticated(
+                "missing `authorization: Bearer <token>` metadata".into(),
             ));
         };
         let Some(role) = self.role_of(presented) else {
-            return Err(Status::unauthenticated("the bearer token is not accepted"));
+            return Err(ApiError::Unauthenticated(
+                "the bearer token is not accepted".into(),
+            ));
         };
-        let needed = required_role(path);
         if role < needed {
-            return Err(Status::permission_denied(format!(
+            return Err(ApiError::PermissionDenied(format!(
                 "a `{role}` token cannot call {}: it needs an `{needed}` token",
-                echo_up_to(path, 200)
+                echo_up_to(what, 200)
             )));
         }
         Ok(())

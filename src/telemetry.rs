@@ -231,6 +231,29 @@ pub fn server_fault(code: tonic::Code) -> bool {
     )
 }
 
+/// Reads W3C trace context from HTTP headers.
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// [`link_parent`] for an HTTP request's headers.
+pub fn link_http_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    if headers.contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(headers))
+        });
+        let _ = span.set_parent(parent);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::error_line;

@@ -1,7 +1,10 @@
-//! The front door of the scoring RPCs: a bound on concurrent requests that
-//! answers RESOURCE_EXHAUSTED at once above it (after TEI and Ray Serve: a
-//! 2-core server that queues without bound only turns overload into
-//! timeouts), the request's deadline, and the per-request metrics.
+//! The front door of the scoring requests, whichever protocol they came
+//! over (gRPC here, HTTP in [`crate::http`]): a bound on concurrent requests
+//! that answers RESOURCE_EXHAUSTED (HTTP 429) at once above it (after TEI and
+//! Ray Serve: a 2-core server that queues without bound only turns overload
+//! into timeouts), the request's deadline, and the per-request metrics with
+//! a `protocol` label. One gate, one limit: an HTTP and a gRPC request take
+//! slots from the same pool.
 
 use std::{
     future::Future,
@@ -42,38 +45,71 @@ impl RequestGate {
         })
     }
 
-    /// Admits one request of `method`, or refuses it when `limit` requests
-    /// are already being handled.
+    /// Admits one gRPC request of `method` (its deadline from
+    /// `grpc-timeout`), or refuses it when `limit` requests are already being
+    /// handled.
     pub fn admit(
         &self,
         method: &'static str,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Admitted, Status> {
+        self.admit_request(method, Protocol::Grpc, grpc_timeout(metadata))
+            .map_err(Status::from)
+    }
+
+    /// Admits one request of `method` over `protocol` whose caller asked for
+    /// `timeout` (None: the server's default deadline applies).
+    pub fn admit_request(
+        &self,
+        method: &'static str,
+        protocol: Protocol,
+        timeout: Option<Duration>,
+    ) -> Result<Admitted, ApiError> {
         let started = Instant::now();
+        let now = tokio::time::Instant::now();
+        let caller_deadline = timeout.map(|t| now + t);
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Ok(Admitted {
                 _permit: permit,
                 _in_flight: self.metrics.as_ref().map(|m| m.in_flight()),
                 metrics: self.metrics.clone(),
                 method,
+                protocol,
                 started,
-                deadline: grpc_deadline(metadata, self.default_deadline),
-                caller_deadline: grpc_deadline(metadata, None),
+                deadline: caller_deadline.or_else(|| self.default_deadline.map(|d| now + d)),
+                caller_deadline,
                 default_deadline: self.default_deadline,
                 recorded: AtomicBool::new(false),
                 record_on_drop: true,
             }),
             Err(_) => {
-                let status = Status::from(ApiError::Overloaded(format!(
+                let error = ApiError::Overloaded(format!(
                     "the server is handling its limit of {} concurrent requests \
                      (--max-concurrent-requests); retry with backoff",
                     self.limit
-                )));
+                ));
                 if let Some(m) = &self.metrics {
-                    m.request(method, status.code(), started.elapsed(), []);
+                    m.request(method, protocol, error.code(), started.elapsed(), []);
                 }
-                Err(status)
+                Err(error)
             }
+        }
+    }
+}
+
+/// Which front end a request came through: the `protocol` label of the
+/// request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
         }
     }
 }
@@ -84,9 +120,10 @@ pub struct Admitted {
     _in_flight: Option<InFlight>,
     metrics: Option<Arc<Metrics>>,
     method: &'static str,
+    protocol: Protocol,
     started: Instant,
     deadline: Option<tokio::time::Instant>,
-    /// The caller's own `grpc-timeout`, if any.
+    /// The caller's own timeout (`grpc-timeout`, HTTP `Timeout`), if any.
     caller_deadline: Option<tokio::time::Instant>,
     /// `--default-deadline-ms`: for streams, applied per chunk.
     default_deadline: Option<Duration>,
@@ -132,10 +169,10 @@ impl Admitted {
     /// their receivers) with DEADLINE_EXCEEDED when the deadline passes. The
     /// answer goes out just before the caller's deadline: tonic cancels the
     /// handler at that instant and would answer CANCELLED instead.
-    pub async fn within_deadline<T>(
+    pub async fn within_deadline<T, E: From<ApiError>>(
         &self,
-        work: impl Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         let Some(deadline) = self.deadline else {
             return work.await;
         };
@@ -165,32 +202,30 @@ impl Admitted {
     ) {
         self.recorded.store(true, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
-            m.request(self.method, code, started.elapsed(), models);
+            m.request(self.method, self.protocol, code, started.elapsed(), models);
         }
     }
 }
 
-/// The caller's deadline from the `grpc-timeout` header. tonic enforces it by
+/// The caller's timeout from the `grpc-timeout` header. tonic enforces it by
 /// dropping the handler (which cancels queued work), but does not expose it;
 /// the batcher needs the instant to drop expired chunks before they run.
-pub fn grpc_deadline(
-    metadata: &tonic::metadata::MetadataMap,
-    default: Option<Duration>,
-) -> Option<tokio::time::Instant> {
-    let from_header = || -> Option<tokio::time::Instant> {
-        let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-        let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-        let amount: u64 = digits.parse().ok()?;
-        let timeout = match unit {
-            "H" => Duration::from_secs(amount.saturating_mul(3600)),
-            "M" => Duration::from_secs(amount.saturating_mul(60)),
-            "S" => Duration::from_secs(amount),
-            "m" => Duration::from_millis(amount),
-            "u" => Duration::from_micros(amount),
-            "n" => Duration::from_nanos(amount),
-            _ => return None,
-        };
-        Some(tokio::time::Instant::now() + timeout)
-    };
-    from_header().or_else(|| default.map(|d| tokio::time::Instant::now() + d))
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: digits and one unit letter (H, M, S, m, u, n).
+/// The HTTP front end accepts the same spelling in its `Timeout` header.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }

@@ -263,10 +263,132 @@ impl InferenceService {
         self.lifecycle.repository()
     }
 
+    /// Ready when every model has a serving version (Triton's rule).
+    pub fn is_server_ready(&self) -> bool {
+        self.repository()
+            .load()
+            .models()
+            .values()
+            .all(|e| e.default_version().is_some())
+    }
+
+    /// An unknown, unloaded or failed model is simply not ready: Triton
+    /// answers ready=false, never NOT_FOUND, and readiness probes and
+    /// perf_analyzer rely on that. Only a malformed version is an error.
+    pub fn is_model_ready(&self, name: &str, version: &str) -> Result<bool, ApiError> {
+        let version = parse_version(version)?;
+        Ok(self.repository().load().resolve(name, version, "").is_ok())
+    }
+
+    /// ModelMetadata of `name` (at `version`, "" = the default one).
+    pub fn metadata_of(
+        &self,
+        name: String,
+        version: &str,
+    ) -> Result<oip::ModelMetadataResponse, ApiError> {
+        let version = parse_version(version)?;
+        let repository = self.repository().load();
+        let model = repository.resolve(&name, version, "")?;
+        let versions = repository.models()[&name]
+            .versions
+            .iter()
+            .filter(|(_, s)| matches!(s, crate::repository::VersionStatus::Serving(_)))
+            .map(|(v, _)| v.to_string())
+            .collect();
+        let platform = platform(&model).0;
+        use oip::model_metadata_response::TensorMetadata;
+        let classes = model.manifest.classes.len() as i64;
+        Ok(oip::ModelMetadataResponse {
+            name,
+            versions,
+            platform: platform.into(),
+            inputs: input_metadata(&model),
+            outputs: output_names(&model)
+                .iter()
+                .map(|&name| {
+                    let (datatype, shape) = output_tensor(&model, name, classes);
+                    TensorMetadata {
+                        name: name.into(),
+                        datatype: datatype.into(),
+                        shape,
+                        parameters: HashMap::new(),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// Triton's ModelConfig of `name` (at `version`, "" = the default one).
+    pub fn config_of(&self, name: &str, version: &str) -> Result<oip::ModelConfig, ApiError> {
+        let version = parse_version(version)?;
+        let model = self.repository().load().resolve(name, version, "")?;
+        model_config(&model, self.scorer.max_rows())
+    }
+
+    /// ModelStatistics: every serving version of every model (empty name),
+    /// of one model (no version) or one version.
+    pub fn statistics_of(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<oip::ModelStatistics>, ApiError> {
+        let version = parse_version(version)?;
+        let repository = self.repository().load();
+        let mut model_stats = Vec::new();
+        if name.is_empty() {
+            // Every serving version of every model, as Triton answers an
+            // empty name.
+            for entry in repository.models().values() {
+                for status in entry.versions.values() {
+                    if let VersionStatus::Serving(model) = status {
+                        model_stats.push(statistics(model));
+                    }
+                }
+            }
+        } else if version == 0 {
+            let entry = repository
+                .models()
+                .get(name)
+                .ok_or_else(|| ApiError::Resolve(ResolveError::UnknownModel(name.into())))?;
+            for status in entry.versions.values() {
+                if let VersionStatus::Serving(model) = status {
+                    model_stats.push(statistics(model));
+                }
+            }
+        } else {
+            let model = repository.resolve(name, version, "")?;
+            model_stats.push(statistics(&model));
+        }
+        Ok(model_stats)
+    }
+
+    /// Triton's RepositoryIndex; `ready` keeps only the serving versions.
+    pub fn index(&self, ready: bool) -> Vec<oip::repository_index_response::ModelIndex> {
+        let mut models = repository_index(&self.repository().load());
+        if ready {
+            models.retain(|m| m.state == "READY");
+        }
+        models
+    }
+
+    /// ModelInfer, answering with raw output contents when the request sent
+    /// raw input contents (the gRPC convention).
     async fn infer(
         &self,
         req: oip::ModelInferRequest,
         deadline: Option<tokio::time::Instant>,
+    ) -> Result<oip::ModelInferResponse, ApiError> {
+        let raw = !req.raw_input_contents.is_empty();
+        self.infer_as(req, deadline, raw).await
+    }
+
+    /// ModelInfer for every front end: the request's tensors through the
+    /// core, the outputs as typed contents, or as raw bytes when `raw`.
+    pub async fn infer_as(
+        &self,
+        req: oip::ModelInferRequest,
+        deadline: Option<tokio::time::Instant>,
+        raw: bool,
     ) -> Result<oip::ModelInferResponse, ApiError> {
         let version = parse_version(&req.model_version)?;
         let model = self
@@ -291,7 +413,6 @@ impl InferenceService {
         // No `outputs` in the request means every output, as in Triton.
         let wanted =
             |name: &str| req.outputs.is_empty() || req.outputs.iter().any(|o| o.name == name);
-        let raw = !req.raw_input_contents.is_empty();
         let request = infer::Request {
             // Pinned to the version resolved above, whose outputs were checked.
             models: vec![infer::ModelRef {
@@ -443,6 +564,17 @@ fn tensor(name: &str, datatype: &str, rows: usize) -> oip::model_infer_response:
         datatype: datatype.into(),
         shape: vec![rows as i64],
         ..Default::default()
+    }
+}
+
+/// ServerMetadata: the name, version and the Triton extensions served.
+pub fn server_metadata() -> oip::ServerMetadataResponse {
+    oip::ServerMetadataResponse {
+        name: "segscore".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        // Triton's names for what this server implements, no more:
+        // clients pick code paths by them.
+        extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
     }
 }
 
@@ -987,13 +1119,9 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         &self,
         _: Request<oip::ServerReadyRequest>,
     ) -> Result<Response<oip::ServerReadyResponse>, Status> {
-        // Ready when every model has a serving version (Triton's rule).
-        let repository = self.repository().load();
-        let ready = repository
-            .models()
-            .values()
-            .all(|e| e.default_version().is_some());
-        Ok(Response::new(oip::ServerReadyResponse { ready }))
+        Ok(Response::new(oip::ServerReadyResponse {
+            ready: self.is_server_ready(),
+        }))
     }
 
     async fn model_ready(
@@ -1001,15 +1129,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         request: Request<oip::ModelReadyRequest>,
     ) -> Result<Response<oip::ModelReadyResponse>, Status> {
         let req = request.into_inner();
-        let version = parse_version(&req.version)?;
-        // An unknown, unloaded or failed model is simply not ready: Triton
-        // answers ready=false, never NOT_FOUND, and readiness probes and
-        // perf_analyzer rely on that.
-        let ready = self
-            .repository()
-            .load()
-            .resolve(&req.name, version, "")
-            .is_ok();
+        let ready = self.is_model_ready(&req.name, &req.version)?;
         Ok(Response::new(oip::ModelReadyResponse { ready }))
     }
 
@@ -1017,13 +1137,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         &self,
         _: Request<oip::ServerMetadataRequest>,
     ) -> Result<Response<oip::ServerMetadataResponse>, Status> {
-        Ok(Response::new(oip::ServerMetadataResponse {
-            name: "segscore".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            // Triton's names for what this server implements, no more:
-            // clients pick code paths by them.
-            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
-        }))
+        Ok(Response::new(server_metadata()))
     }
 
     async fn model_metadata(
@@ -1031,38 +1145,7 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         request: Request<oip::ModelMetadataRequest>,
     ) -> Result<Response<oip::ModelMetadataResponse>, Status> {
         let req = request.into_inner();
-        let version = parse_version(&req.version)?;
-        let repository = self.repository().load();
-        let model = repository
-            .resolve(&req.name, version, "")
-            .map_err(ApiError::from)?;
-        let versions = repository.models()[&req.name]
-            .versions
-            .iter()
-            .filter(|(_, s)| matches!(s, crate::repository::VersionStatus::Serving(_)))
-            .map(|(v, _)| v.to_string())
-            .collect();
-        let platform = platform(&model).0;
-        use oip::model_metadata_response::TensorMetadata;
-        let classes = model.manifest.classes.len() as i64;
-        Ok(Response::new(oip::ModelMetadataResponse {
-            name: req.name,
-            versions,
-            platform: platform.into(),
-            inputs: input_metadata(&model),
-            outputs: output_names(&model)
-                .iter()
-                .map(|&name| {
-                    let (datatype, shape) = output_tensor(&model, name, classes);
-                    TensorMetadata {
-                        name: name.into(),
-                        datatype: datatype.into(),
-                        shape,
-                        parameters: HashMap::new(),
-                    }
-                })
-                .collect(),
-        }))
+        Ok(Response::new(self.metadata_of(req.name, &req.version)?))
     }
 
     async fn model_infer(
@@ -1105,15 +1188,8 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         request: Request<oip::ModelConfigRequest>,
     ) -> Result<Response<oip::ModelConfigResponse>, Status> {
         let req = request.into_inner();
-        let version = parse_version(&req.version)?;
-        let model = self
-            .repository()
-            .load()
-            .resolve(&req.name, version, "")
-            .map_err(ApiError::from)?;
-        let config = model_config(&model, self.scorer.max_rows())?;
         Ok(Response::new(oip::ModelConfigResponse {
-            config: Some(config),
+            config: Some(self.config_of(&req.name, &req.version)?),
         }))
     }
 
@@ -1122,36 +1198,9 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         request: Request<oip::ModelStatisticsRequest>,
     ) -> Result<Response<oip::ModelStatisticsResponse>, Status> {
         let req = request.into_inner();
-        let version = parse_version(&req.version)?;
-        let repository = self.repository().load();
-        let mut model_stats = Vec::new();
-        if req.name.is_empty() {
-            // Every serving version of every model, as Triton answers an
-            // empty name.
-            for entry in repository.models().values() {
-                for status in entry.versions.values() {
-                    if let VersionStatus::Serving(model) = status {
-                        model_stats.push(statistics(model));
-                    }
-                }
-            }
-        } else if version == 0 {
-            let entry = repository
-                .models()
-                .get(&req.name)
-                .ok_or_else(|| ApiError::Resolve(ResolveError::UnknownModel(req.name.clone())))?;
-            for status in entry.versions.values() {
-                if let VersionStatus::Serving(model) = status {
-                    model_stats.push(statistics(model));
-                }
-            }
-        } else {
-            let model = repository
-                .resolve(&req.name, version, "")
-                .map_err(ApiError::from)?;
-            model_stats.push(statistics(&model));
-        }
-        Ok(Response::new(oip::ModelStatisticsResponse { model_stats }))
+        Ok(Response::new(oip::ModelStatisticsResponse {
+            model_stats: self.statistics_of(&req.name, &req.version)?,
+        }))
     }
 
     async fn repository_index(
@@ -1159,12 +1208,9 @@ impl oip::grpc_inference_service_server::GrpcInferenceService for InferenceServi
         request: Request<oip::RepositoryIndexRequest>,
     ) -> Result<Response<oip::RepositoryIndexResponse>, Status> {
         let req = request.into_inner();
-        let repository = self.repository().load();
-        let mut models = repository_index(&repository);
-        if req.ready {
-            models.retain(|m| m.state == "READY");
-        }
-        Ok(Response::new(oip::RepositoryIndexResponse { models }))
+        Ok(Response::new(oip::RepositoryIndexResponse {
+            models: self.index(req.ready),
+        }))
     }
 
     async fn repository_model_load(

@@ -597,7 +597,11 @@ async fn two_servers_share_the_work_and_match_embedded_scoring() {
         let (_, body) = http_get(app.metrics_addr.unwrap(), "/metrics").await;
         let chunks: f64 = body
             .lines()
-            .find(|l| l.starts_with("segscore_requests_total{code=\"Ok\",method=\"ScoreStream\"}"))
+            .find(|l| {
+                l.starts_with(
+                    "segscore_requests_total{code=\"Ok\",method=\"ScoreStream\",protocol=\"grpc\"}",
+                )
+            })
             .and_then(|l| l.rsplit_once(' '))
             .map_or(0.0, |(_, v)| v.parse().unwrap());
         assert!(chunks >= 1.0, "a server received no chunk:\n{body}");

@@ -30,6 +30,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// Where /metrics is served, when the test asked for it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the REST front end listens, when the test asked for it.
+    pub http_addr: Option<SocketAddr>,
     pub client: ScoringClient<Channel>,
     pub repository: segscore::repository::SharedRepository,
     shutdown: Option<oneshot::Sender<()>>,
@@ -143,6 +145,7 @@ pub async fn spawn_app_with(models: &Path, tweak: impl FnOnce(&mut ServeArgs)) -
     let app = Application::build(args).await.expect("server builds");
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
+    let http_addr = app.http_addr();
     let repository = app.repository().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
@@ -159,6 +162,7 @@ pub async fn spawn_app_with(models: &Path, tweak: impl FnOnce(&mut ServeArgs)) -
     TestApp {
         addr,
         metrics_addr,
+        http_addr,
         client,
         repository,
         shutdown: Some(tx),

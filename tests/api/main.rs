@@ -7,10 +7,12 @@
 mod helpers;
 
 mod bad_input;
+mod browser;
 mod bulk;
 mod cli;
 mod clustering;
 mod corpus;
+mod http;
 mod inference;
 mod lifecycle;
 mod metrics;

@@ -57,15 +57,15 @@ async fn metrics_after_traffic_hold_histograms_with_sane_counts() {
     };
     let v = format!("model=\"churn\",version=\"{churn}\"");
     assert_eq!(
-        get("segscore_requests_total{code=\"Ok\",method=\"Score\"}"),
+        get("segscore_requests_total{code=\"Ok\",method=\"Score\",protocol=\"grpc\"}"),
         5.0
     );
     assert_eq!(
-        get("segscore_requests_total{code=\"NotFound\",method=\"Score\"}"),
+        get("segscore_requests_total{code=\"NotFound\",method=\"Score\",protocol=\"grpc\"}"),
         1.0
     );
     assert_eq!(
-        get("segscore_request_duration_seconds_count{code=\"Ok\",method=\"Score\"}"),
+        get("segscore_request_duration_seconds_count{code=\"Ok\",method=\"Score\",protocol=\"grpc\"}"),
         5.0
     );
     assert_eq!(

@@ -253,7 +253,7 @@ async fn work_past_its_deadline_is_abandoned_with_deadline_exceeded() {
     // even dispatched it.
     crate::metrics::wait_for_metric(
         app.metrics_addr.unwrap(),
-        "segscore_requests_total{code=\"DeadlineExceeded\",method=\"Score\"}",
+        "segscore_requests_total{code=\"DeadlineExceeded\",method=\"Score\",protocol=\"grpc\"}",
         1.0,
     )
     .await;

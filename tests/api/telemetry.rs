@@ -258,3 +258,135 @@ fn status_code(span: &Span) -> StatusCode {
         .map(|s| StatusCode::try_from(s.code).unwrap())
         .unwrap_or(StatusCode::Unset)
 }
+
+/// The REST front end's spans: one SERVER span per request named
+/// `{METHOD} {route}` with the OpenTelemetry HTTP attributes, a child of the
+/// caller's `traceparent`, with an error status on a 5xx only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_are_server_spans_with_http_attributes() {
+    use opentelemetry_proto::tonic::{common::v1::any_value::Value as Any, trace::v1::span};
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"));
+    command
+        .args(["serve", "--log-format", "json", "--addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--workers", "1"])
+        .args([
+            "--otlp-endpoint",
+            &format!("http://{otlp}"),
+            "--model-repository",
+        ])
+        .arg(shipped_models())
+        .env("RUST_LOG", "info");
+    let mut binary = ServedBinary::start(command);
+    let http_addr: std::net::SocketAddr = binary
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|j| j["fields"]["http_addr"].as_str().map(str::to_owned))
+        .expect("the HTTP address is logged before `serving`")
+        .parse()
+        .unwrap();
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    let row = serde_json::json!({"models": ["churn"], "rows": [{"recency_days": 3}]});
+    let scored = crate::http::http(
+        http_addr,
+        "POST",
+        "/v1/score",
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &traceparent),
+        ],
+        row.to_string().as_bytes(),
+    )
+    .await;
+    // A refused row (frequency is `reject` when missing) is still a 4xx span.
+    assert_eq!(
+        scored.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&scored.body)
+    );
+    assert_eq!(
+        crate::http::get(http_addr, "/v2/models/churn").await.status,
+        200
+    );
+    assert_eq!(
+        crate::http::get(http_addr, "/v2/models/nope/ready")
+            .await
+            .status,
+        503
+    );
+    assert_eq!(binary.terminate().code(), Some(0));
+
+    let exported = collector.0.lock().unwrap().clone();
+    let spans: Vec<_> = exported
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.clone())
+    };
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .copied()
+            .unwrap_or_else(|| panic!("no `{name}` span: {spans:#?}"))
+    };
+    let score = find("POST /v1/score");
+    assert_eq!(score.kind, span::SpanKind::Server as i32);
+    assert_eq!(hex::encode(&score.trace_id), TRACE_ID);
+    assert_eq!(hex::encode(&score.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(
+        attr(score, "http.request.method"),
+        Some(Any::StringValue("POST".into()))
+    );
+    assert_eq!(
+        attr(score, "http.route"),
+        Some(Any::StringValue("/v1/score".into()))
+    );
+    assert_eq!(
+        attr(score, "url.path"),
+        Some(Any::StringValue("/v1/score".into()))
+    );
+    assert_eq!(
+        attr(score, "http.response.status_code"),
+        Some(Any::IntValue(400))
+    );
+    assert_eq!(
+        attr(score, "server.address"),
+        Some(Any::StringValue("127.0.0.1".into()))
+    );
+    // 4xx is the caller's: no error status on a server span.
+    assert_ne!(score.status.as_ref().map(|s| s.code), Some(2));
+    let metadata = find("GET /v2/models/{model}");
+    assert_eq!(metadata.kind, span::SpanKind::Server as i32);
+    assert_eq!(
+        attr(metadata, "url.path"),
+        Some(Any::StringValue("/v2/models/churn".into()))
+    );
+    let not_ready = find("GET /v2/models/{model}/ready");
+    assert_eq!(
+        attr(not_ready, "http.response.status_code"),
+        Some(Any::IntValue(503))
+    );
+    assert_eq!(
+        not_ready.status.as_ref().map(|s| s.code),
+        Some(2),
+        "{not_ready:#?}"
+    );
+    server.abort();
+}

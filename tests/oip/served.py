@@ -19,6 +19,16 @@ BIN = Path(os.environ.get("SEGSCORE_BIN", ROOT / "target" / "release" / "segscor
 
 def serve(args, binary=BIN, timeout=60.0):
     """(process, "127.0.0.1:PORT") of a server started with `serve ARGS`."""
+    proc, addr, _ = serve_with_http(args, binary, timeout, http=False)
+    return proc, addr
+
+
+def serve_with_http(args, binary=BIN, timeout=60.0, http=True):
+    """(process, gRPC address, HTTP address) of a server started with
+    `serve --http-addr 127.0.0.1:0 ARGS` (HTTP address None without `http`)."""
+    http_addr = None
+    if http:
+        args = ["--http-addr", "127.0.0.1:0", *args]
     if not Path(binary).exists():
         raise FileNotFoundError(f"{binary} is missing: run `cargo build --release` first")
     proc = subprocess.Popen(
@@ -37,8 +47,11 @@ def serve(args, binary=BIN, timeout=60.0):
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if rec.get("fields", {}).get("message") == "serving":
-                return proc, rec["fields"]["addr"]
+            fields = rec.get("fields", {})
+            if "http_addr" in fields:
+                http_addr = fields["http_addr"]
+            if fields.get("message") == "serving":
+                return proc, fields["addr"], http_addr
     except BaseException:
         proc.kill()
         proc.wait()
