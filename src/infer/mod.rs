@@ -22,11 +22,11 @@ use tokio::time::Instant;
 
 use self::plan::Admitted;
 use crate::{
+    drift::Rows,
     echo::echo,
     error::ApiError,
     features::{BatchError, FeatureBatch},
     metrics::Metrics,
-    drift::Rows,
     monitor::Monitor,
     repository::{LoadedModel, ModelOutput, SharedRepository},
     segments::{Membership, SharedSegments},

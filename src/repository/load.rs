@@ -15,6 +15,7 @@ use super::{
     manifest::{argmax, Format, GraphDtype, Manifest, ScorePicker, Task, MANIFEST_FILE},
 };
 use crate::{
+    drift::{reference::Reference, VersionDrift, WindowConfig},
     engine::{
         onnx::{self, InputBinding, InputKind, OnnxBackend, OnnxSignature},
         smartcore::SmartcoreBackend,
@@ -22,7 +23,6 @@ use crate::{
     },
     features::{ColumnBuilder, FeatureBatch, FeatureError, FeatureSchema, SchemaError},
     metrics::{Metrics, RowScore, ScoreHistogram, VersionMetrics},
-    drift::{reference::Reference, VersionDrift, WindowConfig},
 };
 
 /// How model versions are run; shared by `serve`, `score` and `models validate`.

@@ -13,8 +13,8 @@ use super::{
     manifest::{Manifest, ReferenceSpec, ScorePicker, Task, MANIFEST_FILE},
 };
 use crate::{
-    features::{FeatureBatch, FeatureSchema},
     drift::reference::{Reference, REFERENCE_FILE},
+    features::{FeatureBatch, FeatureSchema},
 };
 
 /// Largest `reference.json` read: 256 bins × a few hundred features fit

@@ -14,6 +14,7 @@ mod corpus;
 mod inference;
 mod lifecycle;
 mod metrics;
+mod monitor;
 mod properties;
 mod readme;
 mod repository;
