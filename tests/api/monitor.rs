@@ -263,3 +263,74 @@ async fn segment_gauges_equal_segments_stats_on_the_same_rows() {
     }
     app.stop().await.unwrap();
 }
+
+/// The metric names a file's PromQL uses (every `segscore_…` token).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("segscore_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_alert_rules_use_only_metrics_a_server_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/segscore-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let alerts = std::fs::read_to_string(root.join("prometheus/alerts.yml")).unwrap();
+    let mut wanted = metric_names(&exprs.join("\n"));
+    wanted.extend(metric_names(&alerts));
+
+    // Traffic that makes every series appear: scored models of each task,
+    // segments over two windows with ids, a failed request.
+    let rules = tempfile::tempdir().unwrap();
+    let rules_file = rules.path().join("segments.toml");
+    write_rules(
+        &rules_file,
+        &[("valuable", "scores.ltv >= 50.0 && scores.churn < 0.99")],
+    );
+    let app = spawn_app_with(&shipped_models(), |a| {
+        a.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        a.segments = Some(rules_file.clone());
+        a.engine.drift_window_rows = 500;
+    })
+    .await;
+    let sample = sample_batch("churn");
+    for seed in 0..2 {
+        let mut req = request(bootstrap(&sample, 500, seed).into(), vec![]);
+        req.segments = vec!["valuable".into()];
+        req.entity_ids = (0..500).map(|i| format!("c{i}")).collect();
+        app.score(req).await.unwrap();
+    }
+    let bad = request(matrix(full_rows(1)), vec![model("nope", 0)]);
+    app.score(bad).await.unwrap_err();
+    let (_, text) = http_get(app.metrics_addr.unwrap(), "/metrics").await;
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<&String> = wanted.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not on /metrics: {missing:?}\n{text}"
+    );
+    app.stop().await.unwrap();
+}
