@@ -19,7 +19,7 @@ CUSTOMERS ?= 50000
 ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test test-stress build venv perf-analyzer chromium lint models validate bench bench-bulk bulk-data clean deploy-check
+.PHONY: run test test-stress build venv perf-analyzer chromium lint models validate bench bench-bulk bulk-data clean deploy-check monitoring-check
 
 # The venv carries the pinned onnxruntime wheel, whose libonnxruntime.so the
 # server loads (ort load-dynamic), plus the training pipeline's dependencies.
@@ -122,8 +122,20 @@ bench-bulk: build $(BULK_DATA)
 
 # The Dockerfile and deploy/ manifests, offline (see deploy/README.md); flags
 # are checked against $(BIN)'s --help when it exists.
-deploy-check: $(DEPLOY_STAMP)
+deploy-check: $(DEPLOY_STAMP) monitoring-check
 	$(VENV)/bin/python -m pytest deploy -q
+
+# The Prometheus alert rules: syntax (promtool check rules) and their unit
+# tests (promtool test rules). promtool comes from Debian's `prometheus`
+# package (installing it starts no daemon in a container).
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	$(SUDO) apt-get install -y --no-install-recommends prometheus \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+
+monitoring-check: $(PROMTOOL)
+	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
+	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml
 
 validate: build
 	$(BIN) models validate models

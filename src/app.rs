@@ -20,6 +20,7 @@ use crate::{
     engine::onnx,
     infer::Scorer,
     metrics::{self, Metrics},
+    monitor::{Exporter, Monitor},
     proto::{
         oip::grpc_inference_service_server::GrpcInferenceServiceServer,
         pb::{model_admin_server::ModelAdminServer, scoring_server::ScoringServer},
@@ -45,6 +46,9 @@ pub struct Application {
     metrics: Option<(Arc<Metrics>, TcpListener)>,
     tls: Option<ServerTlsConfig>,
     auth: BearerAuth,
+    /// Drift and segment windows, fed by the scoring core and read by
+    /// `/metrics` and the status page.
+    monitor: Arc<Monitor>,
 }
 
 impl Application {
@@ -112,6 +116,7 @@ impl Application {
             http_listener,
             repository: Arc::new(arc_swap::ArcSwap::from_pointee(repository)),
             segments: Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
+            monitor: Monitor::new(config.engine.drift, config.engine.drift_window_rows),
             config,
             metrics,
             tls,
@@ -143,6 +148,11 @@ impl Application {
 
     pub fn segments(&self) -> &SharedSegments {
         &self.segments
+    }
+
+    /// The drift and segment windows (for the status page's snapshot).
+    pub fn monitor(&self) -> &Arc<Monitor> {
+        &self.monitor
     }
 
     /// Serves until `shutdown` resolves, then stops accepting connections and
@@ -266,12 +276,19 @@ impl Application {
             registry.clone(),
             self.config.default_deadline(),
         );
+        if let Some(registry) = &registry {
+            registry.register(Box::new(Exporter::new(
+                self.repository.clone(),
+                self.monitor.clone(),
+            )));
+        }
         let scorer = Scorer::new(
             self.repository.clone(),
             self.segments.clone(),
             self.config.max_rows_per_request,
             registry,
-        );
+        )
+        .with_monitor(self.monitor.clone());
         let scoring = ScoringServer::new(
             ScoringService::new(scorer.clone(), self.config.stream_in_flight, gate.clone())
                 .with_shutdown(draining),

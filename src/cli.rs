@@ -85,6 +85,23 @@ pub enum ModelsCommand {
     /// loss, reliability, Spearman, MAE, Σpredicted/Σactual and top-decile
     /// lift side by side.
     Compare(crate::compare::CompareArgs),
+    /// Write a version's reference distributions (reference.json, named in
+    /// its manifest with its sha256) from a sample CSV scored by the version
+    /// itself: per-feature quantile bins and missing shares, score bins.
+    /// Live drift (segscore_feature_drift_psi …) is measured against it.
+    /// The model file is not touched.
+    Reference {
+        /// Version directories (models/churn/2 …).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// A CSV with a header row and a column per feature (extra columns
+        /// are ignored; an empty cell is a missing value): the data the
+        /// version was trained on, or a sample of it.
+        #[arg(long, env = "SEGSCORE_REFERENCE_SAMPLE", value_name = "CSV")]
+        sample: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
 }
 
 /// `segscore models import`; the rules are in `repository::import`.

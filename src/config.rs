@@ -56,6 +56,16 @@ pub struct EngineArgs {
     /// default is the largest shipped model ×100, rounded up (16 MiB).
     #[arg(long, env = "SEGSCORE_MAX_MODEL_BYTES", default_value_t = crate::repository::files::DEFAULT_MAX_MODEL_BYTES)]
     pub max_model_bytes: u64,
+    /// Live drift monitoring (`on`/`off`): count every scored row's inputs
+    /// and score against the version's `reference.json` and export the
+    /// segscore_*_drift_psi gauges. Off saves the counting (a few percent
+    /// of the CPU of a large request).
+    #[arg(long, env = "SEGSCORE_DRIFT", default_value = "on", value_parser = on_off)]
+    pub drift: bool,
+    /// Rows the drift window covers per model version (the last N scored
+    /// rows, in 10 buckets).
+    #[arg(long, env = "SEGSCORE_DRIFT_WINDOW_ROWS", default_value_t = 100_000)]
+    pub drift_window_rows: u64,
     /// Library-only: wraps each serving backend (tests use it to control a
     /// model's latency); never set from the command line.
     #[arg(skip)]
@@ -79,8 +89,21 @@ impl EngineArgs {
             keep_versions: self.keep_versions,
             max_model_bytes: self.max_model_bytes,
             metrics: None,
+            drift_window: crate::drift::WindowConfig {
+                rows: self.drift_window_rows.max(1),
+                ..Default::default()
+            },
             backend_wrapper: self.backend_wrapper.clone(),
         }
+    }
+}
+
+/// `on`/`off` (and the usual boolean spellings) for switches.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
     }
 }
 

@@ -97,6 +97,11 @@ fn main() -> ExitCode {
             validate(&dir, &engine.engine_config())
         }
         Command::Models(ModelsCommand::Import(args)) => import_model(args),
+        Command::Models(ModelsCommand::Reference {
+            dirs,
+            sample,
+            engine,
+        }) => write_references(&dirs, &sample, &engine),
         Command::Models(ModelsCommand::Compare(args)) => rt.block_on(async {
             let c = compare::run(&args).await?;
             if args.json {
@@ -332,4 +337,25 @@ fn run_segments(command: SegmentsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `segscore models reference`: one line per version written.
+fn write_references(
+    dirs: &[std::path::PathBuf],
+    sample: &std::path::Path,
+    engine: &segscore::config::EngineArgs,
+) -> anyhow::Result<()> {
+    let engine = engine.engine_config();
+    for dir in dirs {
+        let reference = segscore::repository::reference::write_from_csv(dir, sample, &engine)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        println!(
+            "{}: reference of {} rows from {} ({} features)",
+            dir.display(),
+            reference.rows,
+            sample.display(),
+            reference.features.len()
+        );
+    }
+    Ok(())
 }

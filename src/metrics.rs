@@ -245,6 +245,15 @@ impl Metrics {
         Arc::new(m)
     }
 
+    /// Adds a collector computed at scrape time (the drift and segment
+    /// gauges of `monitor`, which read the repository this module must not
+    /// know).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::error!(error = %e, "a collector could not be registered; its metrics are missing");
+        }
+    }
+
     /// One attempt of the segments reload task: `applied`, `invalid`,
     /// `unreadable` or `panicked`.
     pub fn segment_reload(&self, result: &str) {

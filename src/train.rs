@@ -512,6 +512,7 @@ fn write_manifest(
         card,
         classes: Vec::new(),
         inputs: Vec::new(),
+        reference: None,
     };
     fs::write(dir.join(MANIFEST_FILE), toml::to_string(&manifest)?)?;
     Ok(())

@@ -22,10 +22,12 @@ use tokio::time::Instant;
 
 use self::plan::Admitted;
 use crate::{
+    drift::Rows,
     echo::echo,
     error::ApiError,
     features::{BatchError, FeatureBatch},
     metrics::Metrics,
+    monitor::Monitor,
     repository::{LoadedModel, ModelOutput, SharedRepository},
     segments::{Membership, SharedSegments},
 };
@@ -137,6 +139,8 @@ pub struct Scorer {
     max_rows: usize,
     /// Segment membership counters (None without --metrics-addr).
     metrics: Option<Arc<Metrics>>,
+    /// Drift and segment windows (None: nothing is counted).
+    monitor: Option<Arc<Monitor>>,
 }
 
 impl Scorer {
@@ -151,7 +155,18 @@ impl Scorer {
             segments,
             max_rows,
             metrics,
+            monitor: None,
         }
+    }
+
+    /// Feeds every scored request to `monitor` (drift, segment windows).
+    pub fn with_monitor(mut self, monitor: Arc<Monitor>) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
+    pub fn monitor(&self) -> Option<&Arc<Monitor>> {
+        self.monitor.as_ref()
     }
 
     pub fn repository(&self) -> &SharedRepository {
@@ -228,15 +243,15 @@ impl Scorer {
             .collect::<Result<Vec<_>, _>>()?;
         let runs = planned.into_iter().map(|plan| plan.run(rows, deadline));
         let scores = futures::future::try_join_all(runs).await?;
-        let (scores, memberships) = if names.is_empty() {
-            (scores, Vec::new())
+        let (scores, memberships, batch) = if names.is_empty() {
+            (scores, Vec::new(), batch)
         } else if rows.saturating_mul(names.len()) <= INLINE_SEGMENT_CELLS {
             let memberships = segments::evaluate(&segments, &names, &batch, &scores);
-            (scores, memberships)
+            (scores, memberships, batch)
         } else {
             tokio::task::spawn_blocking(move || {
                 let memberships = segments::evaluate(&segments, &names, &batch, &scores);
-                (scores, memberships)
+                (scores, memberships, batch)
             })
             .await
             .map_err(|e| ApiError::Internal(format!("segment evaluation task: {e}")))?
@@ -249,6 +264,9 @@ impl Scorer {
                     m.membership.errors.len(),
                 );
             }
+        }
+        if let Some(monitor) = &self.monitor {
+            observe(monitor, &batch, &scores, &memberships, &entity_ids);
         }
         outcome.succeeded();
         Ok(Scored {
@@ -289,6 +307,43 @@ impl Scorer {
             admitted.push(Admitted::new(route, rows, entity_ids)?);
         }
         Ok(admitted)
+    }
+}
+
+/// Counts a scored request in the monitor: each version's rows against its
+/// reference (the canary's rows against the canary's), and each segment's
+/// membership in its window. The one place every front end's rows pass.
+fn observe(
+    monitor: &Monitor,
+    batch: &FeatureBatch,
+    models: &[ModelScores],
+    memberships: &[SegmentMembership],
+    entity_ids: &[String],
+) {
+    if monitor.drift() {
+        for m in models {
+            let scores = &m.output.scores;
+            match &m.canary {
+                None => {
+                    if let Some(d) = m.model.drift() {
+                        d.observe(batch, Rows::All, scores);
+                    }
+                }
+                Some(canary) => {
+                    if let Some(d) = m.model.drift() {
+                        d.observe(batch, Rows::Except(&canary.rows), scores);
+                    }
+                    if let Some(d) = canary.model.drift() {
+                        d.observe(batch, Rows::Only(&canary.rows), scores);
+                    }
+                }
+            }
+        }
+    }
+    for s in memberships {
+        monitor
+            .segments
+            .observe(&s.name, &s.membership, batch.rows(), entity_ids);
     }
 }
 

@@ -258,6 +258,7 @@ pub fn import(request: &ImportRequest, engine: &EngineConfig) -> Result<Imported
         card: toml::Table::new(),
         classes,
         inputs: graph_inputs,
+        reference: None,
     };
     manifest.check_classes().map_err(ImportError::Task)?;
     manifest.card = card(request, &manifest, producer, sample.rows.len());

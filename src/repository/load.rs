@@ -15,6 +15,7 @@ use super::{
     manifest::{argmax, Format, GraphDtype, Manifest, ScorePicker, Task, MANIFEST_FILE},
 };
 use crate::{
+    drift::{reference::Reference, VersionDrift, WindowConfig},
     engine::{
         onnx::{self, InputBinding, InputKind, OnnxBackend, OnnxSignature},
         smartcore::SmartcoreBackend,
@@ -46,6 +47,8 @@ pub struct EngineConfig {
     pub max_model_bytes: u64,
     /// Where versions publish their metrics (`serve --metrics-addr`).
     pub metrics: Option<Arc<Metrics>>,
+    /// The sliding window of live drift (`serve --drift-window-rows`).
+    pub drift_window: WindowConfig,
     /// Wraps each validated backend before its worker starts (tests only;
     /// see [`BackendWrapper`]).
     pub backend_wrapper: Option<BackendWrapper>,
@@ -82,6 +85,8 @@ pub enum LoadError {
     Backend(#[from] BackendError),
     #[error("golden set: {0}")]
     Golden(String),
+    #[error("reference distributions: {0}")]
+    Reference(String),
     #[error(
         "breaking change against version {previous}: {why} (set `breaking_change = true` in the manifest to allow it)"
     )]
@@ -114,6 +119,9 @@ pub struct LoadedModel {
     pub schema: FeatureSchema,
     pub dir: PathBuf,
     pub golden: GoldenReport,
+    /// Live distributions against the version's reference (None without a
+    /// `reference.json`): sized at load, filled by `infer::Scorer`.
+    drift: Option<VersionDrift>,
     max_batch_rows: usize,
     batcher: Batcher,
 }
@@ -125,6 +133,11 @@ impl LoadedModel {
 
     pub fn version(&self) -> u64 {
         self.manifest.version
+    }
+
+    /// The live drift counters, when the version has a reference.
+    pub fn drift(&self) -> Option<&VersionDrift> {
+        self.drift.as_ref()
     }
 
     /// Encodes `batch` for this model in chunks of at most `max_batch_rows`
@@ -311,6 +324,8 @@ pub struct Validated {
     pub schema: FeatureSchema,
     pub backends: Vec<Box<dyn Backend>>,
     pub golden: GoldenReport,
+    /// The manifest's `[reference]`, checked.
+    pub reference: Option<Reference>,
 }
 
 /// Where a version is in the validation gate (ListModels shows it).
@@ -355,6 +370,9 @@ pub fn validate(
         }
     }
     let schema = FeatureSchema::new(manifest.features.clone())?;
+    // Cheap and independent of the model: a bad file refuses the version
+    // before any session is built.
+    let reference = super::reference::read(dir, &manifest)?;
     let cap = Cap::new(config.max_model_bytes, "--max-model-bytes");
     let (bytes, actual) =
         files::read_in_hashed(dir, &manifest.file, cap).map_err(|source| LoadError::ModelFile {
@@ -383,6 +401,7 @@ pub fn validate(
             warmup_ms,
             ..golden
         },
+        reference,
     })
 }
 
@@ -419,6 +438,9 @@ pub fn load(
         schema: v.schema,
         dir: dir.to_path_buf(),
         golden: v.golden,
+        drift: v
+            .reference
+            .map(|r| VersionDrift::new(r, config.drift_window)),
         max_batch_rows: config.batcher.max_batch_rows.max(1),
         batcher,
     }))

@@ -50,6 +50,21 @@ pub struct Manifest {
     /// (the shipped models). Its names are also accepted over OIP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<GraphInput>,
+    /// The reference distributions live drift is measured against
+    /// (`monitor::reference`); optional: a version without one serves with
+    /// no drift gauges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceSpec>,
+}
+
+/// `[reference]`: the version's reference distributions file, checked like
+/// the model file (inside the version directory, size cap, sha256).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSpec {
+    pub file: String,
+    /// Hex sha256 of `file`; a mismatch refuses the version.
+    pub sha256: String,
 }
 
 /// One input of the ONNX graph and the features that fill it.

@@ -7,6 +7,7 @@ pub mod import;
 pub mod lifecycle;
 pub mod load;
 pub mod manifest;
+pub mod reference;
 pub mod routing;
 pub mod tracker;
 
@@ -721,6 +722,7 @@ mod tests {
             keep_versions,
             max_model_bytes: files::DEFAULT_MAX_MODEL_BYTES,
             metrics: None,
+            drift_window: Default::default(),
             backend_wrapper: None,
         }
     }

@@ -16,6 +16,7 @@ mod http;
 mod inference;
 mod lifecycle;
 mod metrics;
+mod monitor;
 mod properties;
 mod readme;
 mod repository;
