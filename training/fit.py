@@ -12,9 +12,11 @@ Protocol (what the card's `validation` says):
   customer-held-out validation at once);
 * the models read the served features plus columns the ONNX graph computes
   from them (derived.py: inter-purchase ratios, BG/NBD P(alive) and P(quiet));
-  the candidate (histogram boosting or logistic regression) is chosen on an
-  inner split of the training customers, never on the validation ones; LTV is
-  a Poisson-loss boosting model (a mean, so totals are a forecast);
+  the candidate (histogram boosting, logistic regression, their soft vote, for
+  the classifiers also BG/NBD's own probability raw or recalibrated and blends
+  of it with the best trained one: btyd_model.py) is chosen on an inner split
+  of the training customers, never on the validation ones; LTV is a
+  Poisson-loss boosting model (a mean, so totals are a forecast);
 * every baseline is scored on the same validation rows; the gate compares the
   model with the best baseline there (classifiers: ROC AUC and log loss);
 * LTV's mean is multiplied by a seasonal factor: Σactual/Σpredicted of the
@@ -241,6 +243,24 @@ def _map(fn, items: list, jobs: int) -> list:
 
 def _with_derived(c: T.Candidate, drv: D.Derived) -> T.Candidate:
     return T.Candidate(c.key, lambda seed: D.WithDerived(drv, c.make(seed)), c.description)
+
+
+def bgnbd_card(model) -> dict:
+    """[card.bgnbd_candidate] when the written model is BG/NBD's own probability
+    or a blend with it: what it serves and its fitted numbers."""
+    inner = model.model if isinstance(model, D.WithDerived) else model
+    blend = inner if isinstance(inner, BM.Blend) else None
+    btyd = blend.btyd if blend else inner
+    if not isinstance(btyd, BM.BgNbdClassifier):
+        return {}
+    out = {"column": btyd.column,
+           "served": btyd.column if btyd.positive_when_quiet else f"1 - {btyd.column}",
+           "platt": btyd.platt,
+           **({"platt_coef": _r(btyd.coef, 8), "platt_intercept": _r(btyd.intercept, 8)} if btyd.platt else {})}
+    if blend:
+        out.update({"blend_weight_of_trained_model": blend.weight,
+                    "trained_model": type(blend.base).__name__})
+    return out
 
 
 def select_classifier(m: str, drv: D.Derived, X, y, inner_valid, seed: int):
@@ -740,6 +760,9 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
         }
         if r.name == "ltv":
             r.card["calibration"] = {**r.calibration, "evaluated": ev0["models"]["ltv"].get("calibration", {})}
+        textbook = bgnbd_card(r.final_model)
+        if textbook:
+            r.card["bgnbd_candidate"] = textbook
         r.card["derived_features"] = {
             "note": DERIVED_TEXT if drv_all.active else "none: --features leaves out a feature they need",
             "columns": drv_all.names,

@@ -84,3 +84,17 @@ def test_without_bgnbd_columns_there_is_no_bgnbd_candidate():
     inner = np.arange(600) % 5 == 0
     pick, scores = FIT.select_classifier("churn", drv, X, y, inner, 0)
     assert set(scores) == {"gradient_boosting", "logistic_regression", "soft_vote"}
+
+
+def test_the_card_says_what_the_textbook_candidate_serves():
+    drv = D.Derived(NAMES, PARAMS)
+    X = histories(800)
+    y = (np.random.default_rng(4).random(800) < 0.2).astype(int)
+    platt = D.WithDerived(drv, FIT.candidate_of("churn", "bgnbd_platt").make(0)).fit(X, y)
+    card = FIT.bgnbd_card(platt)
+    assert card["served"] == "p_quiet_90d" and card["platt"] is True
+    assert card["platt_coef"] == pytest.approx(platt.model.coef, rel=1e-7)
+    blend = D.WithDerived(drv, FIT.candidate_of("propensity", "blend:logistic_regression:bgnbd:0.75").make(0)).fit(X, y)
+    card = FIT.bgnbd_card(blend)
+    assert card["served"] == "1 - p_quiet_30d" and card["blend_weight_of_trained_model"] == 0.75
+    assert FIT.bgnbd_card(D.WithDerived(drv, FIT.candidate_of("churn", "soft_vote").make(0))) == {}
