@@ -62,17 +62,17 @@ def test_the_graph_serves_what_numpy_computes(model):
 
 def test_selection_picks_the_textbook_model_when_it_is_the_truth():
     drv = D.Derived(NAMES, PARAMS)
-    X = histories(4000)
-    inner = T.hash_share(np.arange(4000).astype(str), 3, "inner") < 0.3
+    X = histories(2500)
+    inner = T.hash_share(np.arange(2500).astype(str), 3, "inner") < 0.3
     rng = np.random.default_rng(2)
     p_true = 1 - drv.transform(X)[:, -2]
-    pick, scores = FIT.select_classifier("propensity", drv, X, (rng.random(4000) < p_true).astype(int), inner, 3)
+    pick, scores = FIT.select_classifier("propensity", drv, X, (rng.random(2500) < p_true).astype(int), inner, 3)
     assert pick.key in ("bgnbd", "bgnbd_platt"), scores
     assert scores[pick.key] == min(scores.values())
     assert {"gradient_boosting", "logistic_regression", "soft_vote", "bgnbd", "bgnbd_platt"} <= set(scores)
     assert sum(k.startswith("blend:") for k in scores) == len(FIT.BLEND_WEIGHTS)
     # A label that follows the spend, which BG/NBD does not see: a trained model wins.
-    y = (rng.random(4000) < X[:, COL["monetary_mean"]] / 220).astype(int)
+    y = (rng.random(2500) < X[:, COL["monetary_mean"]] / 220).astype(int)
     pick, scores = FIT.select_classifier("propensity", drv, X, y, inner, 3)
     assert not pick.key.startswith("bgnbd"), scores
 
