@@ -12,9 +12,11 @@ Protocol (what the card's `validation` says):
   customer-held-out validation at once);
 * the models read the served features plus columns the ONNX graph computes
   from them (derived.py: inter-purchase ratios, BG/NBD P(alive) and P(quiet));
-  the candidate (histogram boosting or logistic regression) is chosen on an
-  inner split of the training customers, never on the validation ones; LTV is
-  a Poisson-loss boosting model (a mean, so totals are a forecast);
+  the candidate (histogram boosting, logistic regression, their soft vote, for
+  the classifiers also BG/NBD's own probability raw or recalibrated and blends
+  of it with the best trained one: btyd_model.py) is chosen on an inner split
+  of the training customers, never on the validation ones; LTV is a
+  Poisson-loss boosting model (a mean, so totals are a forecast);
 * every baseline is scored on the same validation rows; the gate compares the
   model with the best baseline there (classifiers: ROC AUC and log loss);
 * LTV's mean is multiplied by a seasonal factor: Σactual/Σpredicted of the
@@ -37,6 +39,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -48,6 +51,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from threadpoolctl import threadpool_limits
 
 import baselines as B
+import btyd_model as BM
 import clusters as CL
 import derived as D
 import shards as SH
@@ -114,6 +118,49 @@ DERIVED_TEXT = ("inputs are the served features plus columns the ONNX graph comp
 
 
 PICKABLE = {c.key: c for c in CLASSIFIERS + REGRESSORS}
+BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+
+
+def btyd_candidates(m: str) -> list[T.Candidate]:
+    """The textbook model as a candidate (btyd_model.py): BG/NBD's own probability
+    for this label, raw and Platt-recalibrated."""
+    column, quiet = BM.COLUMN[m]
+    out = []
+    for platt in (False, True):
+        proto = BM.BgNbdClassifier(column, quiet, platt)
+        out.append(T.Candidate("bgnbd_platt" if platt else "bgnbd", partial(_make_btyd, column, quiet, platt),
+                               proto.describe()))
+    return out
+
+
+# Module-level makers (partial, not lambdas): a picked candidate travels to the
+# forked refit processes and must pickle.
+def _make_btyd(column: str, quiet: bool, platt: bool, seed: int) -> BM.BgNbdClassifier:
+    return BM.BgNbdClassifier(column, quiet, platt)
+
+
+def _make_blend(base_make, btyd_make, weight: float, seed: int) -> BM.Blend:
+    return BM.Blend(base_make(seed), btyd_make(seed), weight)
+
+
+def blend_candidate(m: str, base_key: str, btyd_key: str, weight: float) -> T.Candidate:
+    base = PICKABLE[base_key]
+    btyd = {c.key: c for c in btyd_candidates(m)}[btyd_key]
+    return T.Candidate(
+        f"blend:{base_key}:{btyd_key}:{weight}",
+        partial(_make_blend, base.make, btyd.make, weight),
+        f"{weight:g} x [{base.description}] + {1 - weight:g} x [{btyd.description}] (the weight chosen on the "
+        "inner split)")
+
+
+def candidate_of(m: str, key: str) -> T.Candidate:
+    """The candidate named `key` for model `m` (picks travel between processes by key)."""
+    if key.startswith("blend:"):
+        _, base_key, btyd_key, w = key.split(":")
+        return blend_candidate(m, base_key, btyd_key, float(w))
+    if key.startswith("bgnbd"):
+        return {c.key: c for c in btyd_candidates(m)}[key]
+    return PICKABLE[key]
 
 
 # --------------------------------------------------------------------------------------
@@ -196,6 +243,54 @@ def _map(fn, items: list, jobs: int) -> list:
 
 def _with_derived(c: T.Candidate, drv: D.Derived) -> T.Candidate:
     return T.Candidate(c.key, lambda seed: D.WithDerived(drv, c.make(seed)), c.description)
+
+
+def bgnbd_card(model) -> dict:
+    """[card.bgnbd_candidate] when the written model is BG/NBD's own probability
+    or a blend with it: what it serves and its fitted numbers."""
+    inner = model.model if isinstance(model, D.WithDerived) else model
+    blend = inner if isinstance(inner, BM.Blend) else None
+    btyd = blend.btyd if blend else inner
+    if not isinstance(btyd, BM.BgNbdClassifier):
+        return {}
+    out = {"column": btyd.column,
+           "served": btyd.column if btyd.positive_when_quiet else f"1 - {btyd.column}",
+           "platt": btyd.platt,
+           **({"platt_coef": _r(btyd.coef, 8), "platt_intercept": _r(btyd.intercept, 8)} if btyd.platt else {})}
+    if blend:
+        out.update({"blend_weight_of_trained_model": blend.weight,
+                    "trained_model": type(blend.base).__name__})
+    return out
+
+
+def select_classifier(m: str, drv: D.Derived, X, y, inner_valid, seed: int):
+    """The classifier candidate with the lowest log loss on the inner split: the
+    trained ones (boosting, logistic regression, their soft vote), the BG/NBD
+    probability raw and recalibrated (when the derived BG/NBD columns exist),
+    and blends w * (best trained) + (1 - w) * (best BG/NBD) for w in
+    BLEND_WEIGHTS, scored from the same inner predictions (a blend's parts are
+    fitted on the same rows, so nothing is refitted). Returns (pick, {key: score})."""
+    cands = list(CLASSIFIERS)
+    has_btyd = drv.active and drv.bgnbd is not None
+    if has_btyd:
+        cands += btyd_candidates(m)
+    preds = {}
+    for c in cands:
+        mod = D.WithDerived(drv, c.make(seed)).fit(X[~inner_valid], y[~inner_valid])
+        preds[c.key] = mod.predict_proba(X[inner_valid])[:, 1]
+    yv = y[inner_valid]
+    scores = {k: _logloss(yv, p) for k, p in preds.items()}
+    if has_btyd:
+        base = min((c.key for c in CLASSIFIERS), key=scores.get)
+        btyd = min(("bgnbd", "bgnbd_platt"), key=scores.get)
+        for w in BLEND_WEIGHTS:
+            wf = np.float32(w)
+            key = blend_candidate(m, base, btyd, w).key
+            # float32, as the blend serves it (btyd_model.Blend)
+            mix = wf * preds[base].astype(np.float32) + (np.float32(1.0) - wf) * preds[btyd].astype(np.float32)
+            scores[key] = _logloss(yv, mix)
+    best = min(scores, key=scores.get)
+    return _with_derived(candidate_of(m, best), drv), scores
 
 
 # --------------------------------------------------------------------------------------
@@ -500,10 +595,7 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
             y_t = train_rows[label].to_numpy(float)
             y_v = va[label].to_numpy(float)
             if m in ("churn", "propensity"):
-                cands = [_with_derived(c, drv) for c in CLASSIFIERS]
-                pick, inner = T.select(
-                    cands, Xt[sel], y_t[sel].astype(int), inner_valid[sel], seed,
-                    lambda y, mod, X: _logloss(y, mod.predict_proba(X)[:, 1]), higher_is_better=False)
+                pick, inner = select_classifier(m, drv, Xt[sel], y_t[sel].astype(int), inner_valid[sel], seed)
                 model = pick.make(seed).fit(Xt, y_t.astype(int))
                 p_model = model.predict_proba(Xv)[:, 1]
                 churn_like = m == "churn"
@@ -551,7 +643,7 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
                     **({"calibration": calibration} if calibration is not None else {})}
 
         for m, res in zip(models, _map(one_model, list(models), jobs)):
-            res["pick"] = PICKABLE[res["pick"]]
+            res["pick"] = candidate_of(m, res["pick"])
             out["models"][m] = res
         return out
 
@@ -567,7 +659,8 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
         log(f"backtest at {e['cutoff']}: " + "; ".join(f"{m}: {gate_line(x['gate'])}" for m, x in e["models"].items()))
     backtest_table = [
         {"cutoff": e["cutoff"], "train_snapshots": e["train_cutoffs"], "validation_customers": int(len(e["va"])),
-         "models": {m: {"picked": x["pick"].key, "passed": x["gate"]["passed"], "checks": x["gate"]["checks"],
+         "models": {m: {"picked": x["pick"].key, "inner": x["inner"], "passed": x["gate"]["passed"],
+                        "checks": x["gate"]["checks"],
                         **({"calibration_factor": x["calibration"]["factor"]} if "calibration" in x else {}),
                         # the model and every baseline at this cutoff, on the gate's metrics
                         "scores": {who: {k2: v[k2] for k2 in ("roc_auc", "log_loss", "spearman", "sum_ratio")
@@ -625,7 +718,6 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
     # Refit on everything, export, golden set, card (not for --report: nothing is written).
     golden_idx = T.golden_rows(va, seed, schema=schema) if len(va) else np.array([], int)
     Xv = F.to_matrix(F.impute(va, full_schema), schema)
-    base_of = {c.key: c for c in CLASSIFIERS + REGRESSORS}
     drv_all = None
     if report_dir is None and reports:
         Xall = F.to_matrix(F.impute(all_rows, full_schema), schema)
@@ -633,7 +725,7 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
         bg_all = B.BgNbd().fit(summary_at[snaps.cutoffs[0]].loc[final["customer_id"]])
         drv_all = D.Derived(names, {k: float(bg_all.bg.params_[k]) for k in ("r", "alpha", "a", "b")})
     def refit(r: ModelReport):
-        return D.WithDerived(drv_all, base_of[r.pick.key].make(seed)).fit(
+        return D.WithDerived(drv_all, candidate_of(r.name, r.pick.key).make(seed)).fit(
             Xall, r.y_all if r.name == "ltv" else r.y_all.astype(int))
 
     todo = [] if report_dir is not None else reports
@@ -668,6 +760,9 @@ def _fit_scanned(scan, *, t0, jobs, events, attributes, full_schema, schema, nam
         }
         if r.name == "ltv":
             r.card["calibration"] = {**r.calibration, "evaluated": ev0["models"]["ltv"].get("calibration", {})}
+        textbook = bgnbd_card(r.final_model)
+        if textbook:
+            r.card["bgnbd_candidate"] = textbook
         r.card["derived_features"] = {
             "note": DERIVED_TEXT if drv_all.active else "none: --features leaves out a feature they need",
             "columns": drv_all.names,

@@ -31,6 +31,7 @@ from sklearn.metrics import brier_score_loss, log_loss, mean_absolute_error, roc
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+import btyd_model as BM
 import features as F
 
 TARGET_OPSET = 17
@@ -235,26 +236,53 @@ def _unwrap(model):
     return model, None, INPUT_NAME
 
 
+def _prune(graph) -> None:
+    """Removes nodes none of whose outputs reach a graph output (a no-op for a
+    graph without dead nodes: skl2onnx's graphs have none)."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for n in reversed(list(graph.node)):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    if len(keep) != len(graph.node):
+        keep.reverse()
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
 def export_classifier(model, n_features: int, name: str, version: int, feature_names) -> bytes:
     """A classifier, or a `derived.WithDerived` one: then the graph computes the
     derived columns from the served `features` first."""
     model, derived, inner_input = _unwrap(model)
     width = n_features + (len(derived.names) if derived else 0)
-    with warnings.catch_warnings():
-        # skl2onnx 1.20's VotingClassifier converter passes booleans as ints to
-        # onnx.helper (a DeprecationWarning per call; the pinned protobuf accepts them).
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="onnx.helper")
-        onx = convert_sklearn(
-            model,
-            name=f"segscore_{name}",
-            initial_types=[(inner_input, FloatTensorType([None, width]))],
-            target_opset=TARGET_OPSET,
-            options={id(model): {"zipmap": False}},
-        )
+    # The BG/NBD candidates (btyd_model.py): the textbook model alone is a few
+    # nodes on the derived columns; a blend is the base model's graph plus those.
+    outer = model
+    if isinstance(model, BM.BgNbdClassifier):
+        onx = BM.standalone_graph(model, inner_input, width, f"segscore_{name}")
+    else:
+        if isinstance(model, BM.Blend):
+            model = model.base
+        with warnings.catch_warnings():
+            # skl2onnx 1.20's VotingClassifier converter passes booleans as ints to
+            # onnx.helper (a DeprecationWarning per call; the pinned protobuf accepts them).
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="onnx.helper")
+            onx = convert_sklearn(
+                model,
+                name=f"segscore_{name}",
+                initial_types=[(inner_input, FloatTensorType([None, width]))],
+                target_opset=TARGET_OPSET,
+                options={id(model): {"zipmap": False}},
+            )
+        if isinstance(outer, BM.Blend):
+            BM.classifier_graph(onx.graph, outer, inner_input)
     if derived is not None:
         derived.prepend(onx.graph, inner_input, INPUT_NAME)
     # skl2onnx's VotingClassifier leaves an unused initializer (`classes_ind`), which
     # ONNX Runtime warns about at every load; drop any such (a no-op for the others).
+    # A blend drops the base model's `label` node: drop what only fed it too.
+    _prune(onx.graph)
     used = {i for n in onx.graph.node for i in n.input}
     unused = [t for t in onx.graph.initializer if t.name not in used]
     for t in unused:
