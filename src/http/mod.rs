@@ -231,7 +231,7 @@ async fn front_door(
         url.path = %path,
         url.scheme = "http",
         server.address = %address,
-        server.port = port,
+        server.port = port.map(i64::from),
         http.response.status_code = Empty,
         error.r#type = Empty,
     );
@@ -281,7 +281,8 @@ async fn front_door(
     .instrument(span.clone())
     .await;
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    // As an i64: tracing-opentelemetry exports unsigned values as strings.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     // Server spans are errors on 5xx only: a 4xx is the caller's mistake
     // (OpenTelemetry HTTP semantic conventions).
     if status.is_server_error() {

@@ -215,7 +215,7 @@ impl From<pb::ScoreResponse> for ScoreResponse {
                 .into_iter()
                 .map(|m| ModelScores {
                     task: task_name(m.task),
-                    canary: (m.canary_version != 0).then(|| Canary {
+                    canary: (m.canary_version != 0).then_some(Canary {
                         version: m.canary_version,
                         sha256: m.canary_sha256,
                         rows: m.canary_rows,

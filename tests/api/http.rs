@@ -310,7 +310,7 @@ async fn every_route_answers_like_grpc() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["version"] == churn.to_string())
+        .find(|s| s["version"].as_str().and_then(|v| v.parse().ok()) == Some(churn))
         .unwrap()
         .clone();
     assert!(entry["inference_count"].as_u64().unwrap() >= 1, "{entry}");
