@@ -77,8 +77,8 @@ fn feature_psi(text: &str) -> HashMap<String, f64> {
     gauges(text, "segscore_feature_drift_psi")
         .into_iter()
         .filter_map(|(k, psi)| {
-            let prefix = format!("segscore_feature_drift_psi{{feature=\"");
-            let rest = k.strip_prefix(&prefix)?;
+            let prefix = "segscore_feature_drift_psi{feature=\"";
+            let rest = k.strip_prefix(prefix)?;
             let (feature, labels) = rest.split_once('"')?;
             labels
                 .contains(&format!("model=\"churn\",version=\"{v}\""))
