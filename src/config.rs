@@ -73,6 +73,17 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// The defaults, for tools that score a model once outside a server
+    /// (`segscore train` writing a reference).
+    pub fn offline() -> Result<Self, clap::Error> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            engine: EngineArgs,
+        }
+        Only::try_parse_from(["segscore"]).map(|o| o.engine)
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         EngineConfig {

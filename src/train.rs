@@ -491,7 +491,7 @@ fn write_manifest(
     specs: Vec<FeatureSpec>,
     card: toml::Table,
 ) -> anyhow::Result<()> {
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         name: args.name.clone(),
         version: args.version,
         task,
@@ -514,6 +514,26 @@ fn write_manifest(
         inputs: Vec::new(),
         reference: None,
     };
+    // The training rows' distributions, scored by the model just written:
+    // what live drift is measured against.
+    let schema = crate::features::FeatureSchema::new(manifest.features.clone())?;
+    let (batch, _) = crate::repository::load::read_csv_batch(&args.train, &schema, "")
+        .map_err(anyhow::Error::msg)?;
+    let source = args
+        .train
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let engine = crate::config::EngineArgs::offline()?.engine_config();
+    let reference = crate::repository::reference::compute(
+        dir,
+        &manifest,
+        &batch,
+        source.as_deref().unwrap_or_default(),
+        &engine,
+    )
+    .map_err(anyhow::Error::msg)?;
+    manifest.reference =
+        Some(crate::repository::reference::save(dir, &reference).map_err(anyhow::Error::msg)?);
     fs::write(dir.join(MANIFEST_FILE), toml::to_string(&manifest)?)?;
     Ok(())
 }

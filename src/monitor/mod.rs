@@ -12,7 +12,9 @@
 //! The repository holds each version's [`crate::drift::VersionDrift`]; the
 //! exporter and the snapshot read the repository (never the other way).
 
+pub mod page;
 pub mod segments;
+pub mod status;
 
 use std::sync::Arc;
 

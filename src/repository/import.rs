@@ -998,6 +998,10 @@ fn write_version(
         let path = staged.join(file);
         std::fs::write(&path, bytes).map_err(io(&path))?;
     }
+    // The sample's distributions as this version scores them: live drift
+    // is measured against them. Written before the gate, which checks it.
+    super::reference::write_from_csv(&staged, &request.sample, engine)
+        .map_err(|e| ImportError::Engine(format!("reference distributions: {e}")))?;
     let previous = super::scan(&request.model_repository)
         .ok()
         .and_then(|found| found.get(&request.name).cloned())

@@ -92,24 +92,31 @@ pub fn compute(
 /// manifest last, atomically, as every writer of a version does). The
 /// manifest's text is kept as written apart from its `[reference]` table.
 pub fn write(dir: &Path, reference: &Reference) -> Result<(), String> {
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |e: std::io::Error| format!("{p}: {e}")
-    };
-    let mut json = serde_json::to_vec_pretty(reference).map_err(|e| e.to_string())?;
-    json.push(b'\n');
-    let path = dir.join(REFERENCE_FILE);
-    std::fs::write(&path, &json).map_err(io(&path))?;
+    let spec = save(dir, reference)?;
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).map_err(io(&manifest_path))?;
-    let spec = ReferenceSpec {
-        file: REFERENCE_FILE.into(),
-        sha256: hex::encode(Sha256::digest(&json)),
-    };
     let updated = with_reference_table(&text, &spec);
     let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
     std::fs::write(&tmp, updated).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &manifest_path).map_err(io(&manifest_path))
+}
+
+fn io(p: &Path) -> impl Fn(std::io::Error) -> String {
+    let p = p.display().to_string();
+    move |e| format!("{p}: {e}")
+}
+
+/// Writes `reference.json` into `dir` and returns the manifest's
+/// `[reference]` for it (for writers that write the manifest afterwards).
+pub fn save(dir: &Path, reference: &Reference) -> Result<ReferenceSpec, String> {
+    let mut json = serde_json::to_vec_pretty(reference).map_err(|e| e.to_string())?;
+    json.push(b'\n');
+    let path = dir.join(REFERENCE_FILE);
+    std::fs::write(&path, &json).map_err(io(&path))?;
+    Ok(ReferenceSpec {
+        file: REFERENCE_FILE.into(),
+        sha256: hex::encode(Sha256::digest(&json)),
+    })
 }
 
 /// `text` with its `[reference]` table (if any) replaced by `spec`'s,
