@@ -143,6 +143,9 @@ validate: build
 # Regenerates data, features and every shipped model (same seed, same models).
 models: build
 	$(VENV)/bin/python training/pipeline.py synthetic --customers $(CUSTOMERS) --seed $(SEED) --workdir training/out --model-repository models
+	# Reference distributions for drift (docs/monitoring.md) of the versions
+	# the pipeline wrote; `segscore train` writes its own below.
+	$(BIN) models reference --sample training/sample_users.csv models/churn/2 models/propensity/2 models/ltv/1
 	$(BIN) train --train training/out/features_train.csv --valid training/out/features_valid.csv \
 		--schema training/features.toml --label churned --name churn --version 1 --model-repository models --force
 	$(BIN) train --train training/out/features_train.csv --valid training/out/features_valid.csv \

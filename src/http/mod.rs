@@ -74,6 +74,7 @@ pub fn router(state: Arc<HttpState>, cors_origins: &[String]) -> anyhow::Result<
         .merge(v2::routes())
         .merge(v1::routes())
         .route("/openapi.json", get(openapi::document))
+        .route("/", get(status_page))
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -161,7 +162,8 @@ fn policy(route: &str) -> Policy {
             Some("/inference.GRPCInferenceService/RepositoryIndex"),
             None,
         ),
-        "/v1/models" => (Some("/segscore.v1.Scoring/ListModels"), None),
+        // The status page shows what ListModels and ListSegments do.
+        "/" | "/v1/models" => (Some("/segscore.v1.Scoring/ListModels"), None),
         "/v1/segments" => (Some("/segscore.v1.Scoring/ListSegments"), None),
         "/v1/score" | "/v1/segments/{name}/members" | "/v1/customers/{id}/segments" => {
             (Some("/segscore.v1.Scoring/Score"), Some("Score"))
@@ -366,6 +368,20 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
                 "the request body is not valid JSON for this route: {e}"
             ))
         })
+}
+
+/// The status page (docs/monitoring.md): models, versions and their cards,
+/// segments with sizes and turnover, drift and score histograms, rendered on
+/// the server with inline SVG, so it reads in any browser with no script.
+async fn status_page(State(state): State<Arc<HttpState>>) -> Response {
+    let Some(monitor) = state.scorer.monitor() else {
+        // Every server the binary starts has a monitor; a scorer built
+        // without one (tests, embedding) has no page to show.
+        return ApiError::Unavailable("this server keeps no monitoring state".into())
+            .into_response();
+    };
+    let snapshot = crate::monitor::status::snapshot(&state.scorer.repository().load(), monitor);
+    axum::response::Html(crate::monitor::page::render(&snapshot)).into_response()
 }
 
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> Response {

@@ -370,9 +370,6 @@ pub fn validate(
         }
     }
     let schema = FeatureSchema::new(manifest.features.clone())?;
-    // Cheap and independent of the model: a bad file refuses the version
-    // before any session is built.
-    let reference = super::reference::read(dir, &manifest)?;
     let cap = Cap::new(config.max_model_bytes, "--max-model-bytes");
     let (bytes, actual) =
         files::read_in_hashed(dir, &manifest.file, cap).map_err(|source| LoadError::ModelFile {
@@ -390,6 +387,10 @@ pub fn validate(
     for _ in 0..options.backends.max(1) {
         built.push(build_backend(&manifest, &schema, &bytes, config)?);
     }
+    // After the model's own checks, so a version whose graph disagrees with
+    // its manifest is refused for that (the cause), not for the reference
+    // file that disagrees with the same manifest; before the golden run.
+    let reference = super::reference::read(dir, &manifest)?;
     (options.on_phase)(Phase::Validating);
     let (golden, encoded) = check_golden(dir, &manifest, &schema, built[0].as_mut())?;
     let warmup_ms = check_latency(&manifest, config, &encoded, built[0].as_mut())?;

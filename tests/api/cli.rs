@@ -252,6 +252,7 @@ fn make_run_listens_where_addr_says() {
             .env_remove("MFLAGS")
             .env_remove("MAKELEVEL")
             .env_remove("ADDR")
+            .env_remove("HTTP_ADDR")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -263,9 +264,15 @@ fn make_run_listens_where_addr_says() {
         lines[0].to_owned()
     };
     let default = serve_line(&dry_run(&[]));
-    assert!(default.ends_with(" --addr 127.0.0.1:50051"), "{default}");
-    let chosen = serve_line(&dry_run(&["ADDR=0.0.0.0:50999"]));
-    assert!(chosen.ends_with(" --addr 0.0.0.0:50999"), "{chosen}");
+    assert!(
+        default.ends_with(" --addr 127.0.0.1:50051 --http-addr 127.0.0.1:8080"),
+        "{default}"
+    );
+    let chosen = serve_line(&dry_run(&["ADDR=0.0.0.0:50999", "HTTP_ADDR=0.0.0.0:8999"]));
+    assert!(
+        chosen.ends_with(" --addr 0.0.0.0:50999 --http-addr 0.0.0.0:8999"),
+        "{chosen}"
+    );
 }
 
 #[test]

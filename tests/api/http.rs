@@ -1130,3 +1130,39 @@ async fn timeout_header_gives_504_and_metrics_carry_the_protocol() {
     }
     app.stop().await.unwrap();
 }
+
+/// The status page at `/`: HTML with every model of the repository and every
+/// segment that has been scored, no script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_lists_every_model_and_scored_segment() {
+    let app = spawn_http_app(|_| {}).await;
+    let addr = app.http_addr.unwrap();
+    // Segment windows fill as rows are scored: score every segment once.
+    let segments: Vec<String> = get(addr, "/v1/segments").await.json()["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    let mut scored = app.client.clone();
+    let mut req = request(matrix(full_rows(3)), vec![]);
+    req.segments = segments.clone();
+    scored.score(req).await.unwrap();
+    let page = get(addr, "/").await;
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body.clone()).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    assert!(!html.contains("<script"), "the page needs no script");
+    let models = get(addr, "/v1/models").await.json()["models"].clone();
+    for model in models.as_array().unwrap() {
+        let name = model["name"].as_str().unwrap();
+        assert!(html.contains(name), "model {name} missing:\n{html}");
+    }
+    for segment in &segments {
+        assert!(
+            html.contains(segment.as_str()),
+            "segment {segment} missing:\n{html}"
+        );
+    }
+    app.stop().await.unwrap();
+}

@@ -241,6 +241,10 @@ async fn a_slowly_copied_version_loads_only_once_its_manifest_lands() {
         assert_ignored(&app, ltv).await;
     }
     fs::copy(src.join("golden.csv"), dst.join("golden.csv")).unwrap();
+    // The drift reference the manifest names, if the version has one.
+    if src.join("reference.json").exists() {
+        fs::copy(src.join("reference.json"), dst.join("reference.json")).unwrap();
+    }
     assert_ignored(&app, ltv).await;
     let manifest = fs::read_to_string(src.join("model.toml")).unwrap().replace(
         &format!("version = {ltv}\n"),
