@@ -35,6 +35,35 @@ impl TraceService for Collector {
     }
 }
 
+impl Collector {
+    /// An OTLP trace receiver on a free loopback port: the collector, its
+    /// address and the task serving it.
+    async fn start() -> (Self, std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        let task = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        (collector, addr, task)
+    }
+
+    /// Every span exported so far.
+    fn spans(&self) -> Vec<Span> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| s.spans.clone())
+            .collect()
+    }
+}
+
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const STREAM_TRACE_ID: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
 /// Values no log line may contain.
@@ -52,14 +81,7 @@ fn secret_rows() -> pb::ScoreRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (collector, otlp, server) = Collector::start().await;
 
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"));
     command
@@ -175,13 +197,7 @@ async fn logs_hold_no_ids_or_values_and_spans_reach_otlp_under_the_callers_trace
     );
 
     // The exporter flushed at shutdown: the score span is a child of the caller's trace.
-    let exported = collector.0.lock().unwrap().clone();
-    let spans: Vec<_> = exported
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .collect();
+    let spans = collector.spans();
     let traced = spans
         .iter()
         .find(|s| hex::encode(&s.trace_id) == TRACE_ID)
@@ -264,15 +280,7 @@ fn status_code(span: &Span) -> StatusCode {
 /// caller's `traceparent`, with an error status on a 5xx only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_requests_are_server_spans_with_http_attributes() {
-    use opentelemetry_proto::tonic::{common::v1::any_value::Value as Any, trace::v1::span};
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (collector, otlp, server) = Collector::start().await;
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segscore"));
     command
         .args(["serve", "--log-format", "json", "--addr", "127.0.0.1:0"])
@@ -325,63 +333,49 @@ async fn http_requests_are_server_spans_with_http_attributes() {
     );
     assert_eq!(binary.terminate().code(), Some(0));
 
-    let exported = collector.0.lock().unwrap().clone();
-    let spans: Vec<_> = exported
-        .iter()
-        .flat_map(|r| &r.resource_spans)
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .collect();
-    let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
-        s.attributes
-            .iter()
-            .find(|a| a.key == key)
-            .and_then(|a| a.value.as_ref())
-            .and_then(|v| v.value.clone())
-    };
+    let spans = collector.spans();
     let find = |name: &str| {
         spans
             .iter()
             .find(|s| s.name == name)
-            .copied()
             .unwrap_or_else(|| panic!("no `{name}` span: {spans:#?}"))
     };
     let score = find("POST /v1/score");
-    assert_eq!(score.kind, span::SpanKind::Server as i32);
+    assert_eq!(score.kind, SpanKind::Server as i32);
     assert_eq!(hex::encode(&score.trace_id), TRACE_ID);
     assert_eq!(hex::encode(&score.parent_span_id), "00f067aa0ba902b7");
     assert_eq!(
         attr(score, "http.request.method"),
-        Some(Any::StringValue("POST".into()))
+        Some(Value::StringValue("POST".into()))
     );
     assert_eq!(
         attr(score, "http.route"),
-        Some(Any::StringValue("/v1/score".into()))
+        Some(Value::StringValue("/v1/score".into()))
     );
     assert_eq!(
         attr(score, "url.path"),
-        Some(Any::StringValue("/v1/score".into()))
+        Some(Value::StringValue("/v1/score".into()))
     );
     assert_eq!(
         attr(score, "http.response.status_code"),
-        Some(Any::IntValue(400))
+        Some(Value::IntValue(400))
     );
     assert_eq!(
         attr(score, "server.address"),
-        Some(Any::StringValue("127.0.0.1".into()))
+        Some(Value::StringValue("127.0.0.1".into()))
     );
     // 4xx is the caller's: no error status on a server span.
     assert_ne!(score.status.as_ref().map(|s| s.code), Some(2));
     let metadata = find("GET /v2/models/{model}");
-    assert_eq!(metadata.kind, span::SpanKind::Server as i32);
+    assert_eq!(metadata.kind, SpanKind::Server as i32);
     assert_eq!(
         attr(metadata, "url.path"),
-        Some(Any::StringValue("/v2/models/churn".into()))
+        Some(Value::StringValue("/v2/models/churn".into()))
     );
     let not_ready = find("GET /v2/models/{model}/ready");
     assert_eq!(
         attr(not_ready, "http.response.status_code"),
-        Some(Any::IntValue(503))
+        Some(Value::IntValue(503))
     );
     assert_eq!(
         not_ready.status.as_ref().map(|s| s.code),
